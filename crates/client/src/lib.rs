@@ -1,0 +1,1 @@
+//! hearth host client

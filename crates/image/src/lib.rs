@@ -1,0 +1,1 @@
+//! hearth guest images

@@ -1,0 +1,10 @@
+//! Compiles `proto/hearth.proto` with `protox` (pure Rust), so no system `protoc`
+//! is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/hearth.proto");
+    let fds = protox::compile(["proto/hearth.proto"], ["proto"])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(fds)?;
+    Ok(())
+}

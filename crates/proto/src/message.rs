@@ -1,0 +1,363 @@
+//! The message layer: frame type numbers and typed payloads.
+//!
+//! Type numbers are append-only: the reference numbers 0x00–0x06 and 0xFF are
+//! fixed, new ones take the next free number. `wire_values_are_pinned` in the
+//! tests fails if any number moves.
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::frame::Frame;
+use crate::pb;
+
+/// Protocol version carried in `Ready`. Bumped only for incompatible changes;
+/// additions are announced through capability bits instead.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+macro_rules! message_types {
+    ($( $(#[$doc:meta])* $variant:ident = $num:literal => $payload:ty, )*) => {
+        /// Frame type numbers.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum MessageType {
+            $( $(#[$doc])* $variant = $num, )*
+        }
+
+        impl MessageType {
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$variant,)*];
+
+            pub fn from_u8(v: u8) -> Option<Self> {
+                match v {
+                    $( $num => Some(MessageType::$variant), )*
+                    _ => None,
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( MessageType::$variant => stringify!($variant), )*
+                }
+            }
+        }
+
+        /// A decoded payload, tagged by its frame type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Message {
+            $( $(#[$doc])* $variant($payload), )*
+        }
+
+        impl Message {
+            pub fn message_type(&self) -> MessageType {
+                match self {
+                    $( Message::$variant(_) => MessageType::$variant, )*
+                }
+            }
+
+            /// Encodes the payload (without the frame header).
+            pub fn encode_payload(&self) -> Bytes {
+                match self {
+                    $( Message::$variant(m) => Bytes::from(m.encode_to_vec()), )*
+                }
+            }
+
+            /// Decodes the payload of a frame whose type is known.
+            pub fn decode_payload(kind: MessageType, payload: &[u8]) -> Result<Self, MessageError> {
+                match kind {
+                    $( MessageType::$variant => <$payload>::decode(payload)
+                        .map(Message::$variant)
+                        .map_err(|e| MessageError::Decode { kind, reason: e.to_string() }), )*
+                }
+            }
+        }
+    };
+}
+
+message_types! {
+    /// Guest to host, first frame on every connection.
+    Ready = 0x00 => pb::Ready,
+    Ping = 0x01 => pb::Ping,
+    Pong = 0x02 => pb::Pong,
+    /// One-shot exec with collected output.
+    Exec = 0x03 => pb::Exec,
+    ExecResult = 0x04 => pb::ExecResult,
+    /// One-shot whole-file write.
+    WriteFile = 0x05 => pb::WriteFile,
+    WriteFileResult = 0x06 => pb::WriteFileResult,
+    ExecStart = 0x07 => pb::ExecStart,
+    ExecStarted = 0x08 => pb::ExecStarted,
+    ExecStdout = 0x09 => pb::OutputChunk,
+    ExecStderr = 0x0A => pb::OutputChunk,
+    ExecStdin = 0x0B => pb::StdinData,
+    ExecSignal = 0x0C => pb::ExecSignal,
+    ExecExit = 0x0D => pb::ExecExit,
+    WindowUpdate = 0x0E => pb::WindowUpdate,
+    FileRead = 0x0F => pb::FileRead,
+    FileData = 0x10 => pb::FileData,
+    FileWrite = 0x11 => pb::FileWrite,
+    Stat = 0x12 => pb::Stat,
+    StatResult = 0x13 => pb::StatResult,
+    ListDir = 0x14 => pb::ListDir,
+    ListDirResult = 0x15 => pb::ListDirResult,
+    Mkdir = 0x16 => pb::Mkdir,
+    Remove = 0x17 => pb::Remove,
+    Rename = 0x18 => pb::Rename,
+    Ok = 0x19 => pb::Ok,
+    SystemInfo = 0x1A => pb::SystemInfo,
+    SystemInfoResult = 0x1B => pb::SystemInfoResult,
+    Shutdown = 0x1C => pb::Shutdown,
+    Error = 0xFF => pb::Error,
+}
+
+/// A frame that is well-formed at the frame layer but not a valid message.
+/// The connection stays usable: answer with an `Error` frame for the same seq.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("payload of {kind:?} does not decode: {reason}")]
+    Decode { kind: MessageType, reason: String },
+    #[error("invalid {kind:?}: {reason}")]
+    Invalid { kind: MessageType, reason: String },
+}
+
+impl MessageError {
+    /// The wire error code for answering this failure.
+    pub fn code(&self) -> pb::ErrorCode {
+        match self {
+            MessageError::UnknownType(_) => pb::ErrorCode::UnknownType,
+            MessageError::Decode { .. } => pb::ErrorCode::Decode,
+            MessageError::Invalid { .. } => pb::ErrorCode::InvalidArgument,
+        }
+    }
+}
+
+impl Message {
+    /// Builds the frame for this message with the given seq.
+    pub fn into_frame(&self, seq: u32) -> Frame {
+        Frame::new(self.message_type() as u8, seq, self.encode_payload())
+    }
+
+    /// Decodes and validates a frame's payload.
+    pub fn from_frame(frame: &Frame) -> Result<Self, MessageError> {
+        let kind = MessageType::from_u8(frame.kind).ok_or(MessageError::UnknownType(frame.kind))?;
+        let msg = Self::decode_payload(kind, &frame.payload)?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Checks invariants that the encoding cannot express.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        let kind = self.message_type();
+        let invalid = |reason: String| Err(MessageError::Invalid { kind, reason });
+        match self {
+            Message::Exec(m) => validate_argv(&m.argv).or_else(invalid),
+            Message::ExecStart(m) => validate_argv(&m.argv).or_else(invalid),
+            Message::WriteFile(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::FileWrite(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::FileRead(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::Stat(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::ListDir(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::Mkdir(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::Remove(m) => {
+                validate_path("path", &m.path).or_else(invalid)?;
+                if m.path.trim_end_matches('/').is_empty() {
+                    return invalid("refusing to remove /".into());
+                }
+                Ok(())
+            }
+            Message::Rename(m) => {
+                validate_path("from", &m.from).or_else(invalid)?;
+                validate_path("to", &m.to).or_else(invalid)
+            }
+            Message::ExecSignal(m) => {
+                if !(1..=64).contains(&m.signal) {
+                    return invalid(format!("signal {} is out of range 1..=64", m.signal));
+                }
+                Ok(())
+            }
+            Message::Ready(_)
+            | Message::Ping(_)
+            | Message::Pong(_)
+            | Message::ExecResult(_)
+            | Message::WriteFileResult(_)
+            | Message::ExecStarted(_)
+            | Message::ExecStdout(_)
+            | Message::ExecStderr(_)
+            | Message::ExecStdin(_)
+            | Message::ExecExit(_)
+            | Message::WindowUpdate(_)
+            | Message::FileData(_)
+            | Message::StatResult(_)
+            | Message::ListDirResult(_)
+            | Message::Ok(_)
+            | Message::SystemInfo(_)
+            | Message::SystemInfoResult(_)
+            | Message::Shutdown(_)
+            | Message::Error(_) => Ok(()),
+        }
+    }
+}
+
+fn validate_argv(argv: &[String]) -> Result<(), String> {
+    match argv.first() {
+        None => Err("argv is empty".into()),
+        Some(p) if p.is_empty() => Err("argv[0] is empty".into()),
+        Some(_) => match argv.iter().position(|a| a.contains('\0')) {
+            Some(i) => Err(format!("argv[{i}] contains a NUL byte")),
+            None => Ok(()),
+        },
+    }
+}
+
+fn validate_path(field: &str, path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{field} {path:?} is not absolute"));
+    }
+    if path.contains('\0') {
+        return Err(format!("{field} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Capability bit for a `Capability` value.
+pub fn capability_bit(c: pb::Capability) -> u64 {
+    1u64 << (c as i32 as u32)
+}
+
+/// Whether a `Ready.capabilities` set has `c`.
+pub fn has_capability(caps: u64, c: pb::Capability) -> bool {
+    caps & capability_bit(c) != 0
+}
+
+/// Builds an `Error` message.
+pub fn error(code: pb::ErrorCode, message: impl Into<String>, errno: i32) -> Message {
+    Message::Error(pb::Error {
+        code: code as i32,
+        message: message.into(),
+        errno,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_values_are_pinned() {
+        use MessageType::*;
+        let pinned: &[(MessageType, u8)] = &[
+            (Ready, 0x00),
+            (Ping, 0x01),
+            (Pong, 0x02),
+            (Exec, 0x03),
+            (ExecResult, 0x04),
+            (WriteFile, 0x05),
+            (WriteFileResult, 0x06),
+            (ExecStart, 0x07),
+            (ExecStarted, 0x08),
+            (ExecStdout, 0x09),
+            (ExecStderr, 0x0A),
+            (ExecStdin, 0x0B),
+            (ExecSignal, 0x0C),
+            (ExecExit, 0x0D),
+            (WindowUpdate, 0x0E),
+            (FileRead, 0x0F),
+            (FileData, 0x10),
+            (FileWrite, 0x11),
+            (Stat, 0x12),
+            (StatResult, 0x13),
+            (ListDir, 0x14),
+            (ListDirResult, 0x15),
+            (Mkdir, 0x16),
+            (Remove, 0x17),
+            (Rename, 0x18),
+            (Ok, 0x19),
+            (SystemInfo, 0x1A),
+            (SystemInfoResult, 0x1B),
+            (Shutdown, 0x1C),
+            (Error, 0xFF),
+        ];
+        assert_eq!(pinned.len(), MessageType::ALL.len(), "a new type needs a pin");
+        for (t, v) in pinned {
+            assert_eq!(*t as u8, *v, "{t:?} moved");
+            assert_eq!(MessageType::from_u8(*v), Some(*t));
+        }
+    }
+
+    #[test]
+    fn enum_and_capability_values_are_pinned() {
+        use pb::{Capability as C, ErrorCode as E, FileKind as F, SpawnErrorKind as S};
+        assert_eq!(
+            [C::OneshotExec, C::ExecStream, C::Files, C::SystemInfo, C::Shutdown, C::FlowControl]
+                .map(|c| c as i32),
+            [0, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            [E::BadFrame, E::UnknownType, E::Decode, E::InvalidArgument, E::NotFound, E::PermissionDenied,
+             E::AlreadyExists, E::Io, E::UnknownSession, E::DuplicateSeq, E::NoSpace, E::Unsupported, E::Internal]
+                .map(|c| c as i32),
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        );
+        assert_eq!(
+            [S::NotFound, S::PermissionDenied, S::BadCwd, S::BadUser, S::InvalidArgument, S::ResourceLimit, S::Other]
+                .map(|c| c as i32),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!([F::File, F::Dir, F::Symlink, F::Other].map(|c| c as i32), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn ping_payload_bytes_are_pinned() {
+        let f = Message::Ping(pb::Ping { nonce: 5 }).into_frame(3);
+        assert_eq!(f.kind, 0x01);
+        assert_eq!(&f.payload[..], &[0x08, 0x05]);
+    }
+
+    #[test]
+    fn exec_round_trips_through_a_frame() {
+        let m = Message::Exec(pb::Exec {
+            argv: vec!["/bin/echo".into(), "hi".into()],
+            timeout_ms: 1000,
+            ..Default::default()
+        });
+        let f = m.into_frame(42);
+        assert_eq!(Message::from_frame(&f).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_type_is_a_message_error() {
+        let f = Frame::new(0x7e, 1, Bytes::new());
+        assert_eq!(Message::from_frame(&f), Err(MessageError::UnknownType(0x7e)));
+    }
+
+    #[test]
+    fn undecodable_payload_is_a_message_error() {
+        let f = Frame::new(0x03, 1, Bytes::from_static(&[0xff, 0xff, 0xff]));
+        assert!(matches!(Message::from_frame(&f), Err(MessageError::Decode { .. })));
+    }
+
+    #[test]
+    fn validation_rejects_bad_requests() {
+        let bad = [
+            Message::Exec(pb::Exec::default()),
+            Message::ExecStart(pb::ExecStart { argv: vec!["".into()], ..Default::default() }),
+            Message::WriteFile(pb::WriteFile { path: "relative".into(), ..Default::default() }),
+            Message::Remove(pb::Remove { path: "/".into(), recursive: true }),
+            Message::ExecSignal(pb::ExecSignal { signal: 0 }),
+        ];
+        for m in bad {
+            assert!(matches!(m.validate(), Err(MessageError::Invalid { .. })), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn capability_bits() {
+        let caps = capability_bit(pb::Capability::ExecStream) | capability_bit(pb::Capability::Files);
+        assert_eq!(caps, 0b110);
+        assert!(has_capability(caps, pb::Capability::Files));
+        assert!(!has_capability(caps, pb::Capability::Shutdown));
+    }
+}

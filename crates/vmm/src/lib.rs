@@ -1,0 +1,1 @@
+//! hearth VMM backends
