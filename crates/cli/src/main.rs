@@ -1,1 +1,72 @@
-fn main() {}
+//! `hearth` — the command-line tool.
+//!
+//! - `commands/`: one file per command (`exec`, `cp`, `info`, `ping` talk to an
+//!   agent endpoint; `vm`, `run`, `image` manage microVM sandboxes).
+//! - `state.rs`: the durable state DB (redb) under the state dir.
+//! - `logging.rs`: `--log-level` / `--log-file` (JSON lines in the file).
+//!
+//! Exit codes: the remote command's code for `exec`/`run`/`vm run`, 128+signal when it
+//! was killed, 124 on timeout, 127 when it never started; 1 for hearth's own errors,
+//! 2 for usage errors (clap).
+
+mod commands;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "hearth", version, about = "microVM sandboxes for untrusted code")]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace or a tracing directive).
+    #[arg(long, global = true, env = "HEARTH_LOG_LEVEL", default_value = "warn")]
+    pub log_level: String,
+    /// Also write JSON log lines to this file.
+    #[arg(long, global = true, env = "HEARTH_LOG_FILE")]
+    pub log_file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command through an agent endpoint, streaming its output.
+    Exec(commands::exec::Args),
+    /// Copy files between the host and a sandbox.
+    Cp(commands::cp::Args),
+    /// Show the guest's system information.
+    Info(commands::info::Args),
+    /// Measure a round trip to an agent.
+    Ping(commands::ping::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _guard = match logging::init(&cli.log_level, cli.log_file.as_deref()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("hearth: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hearth: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match rt.block_on(commands::dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hearth: {e:#}");
+            1
+        }
+    };
+    // Do not wait for detached helper tasks (e.g. stdin readers) to finish.
+    rt.shutdown_background();
+    std::process::exit(code);
+}

@@ -1,0 +1,17 @@
+//! One module per command. Each has `Args` (clap) and `run(args) -> exit code`.
+
+pub mod cp;
+pub mod exec;
+pub mod info;
+pub mod ping;
+
+use crate::Command;
+
+pub async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Exec(a) => exec::run(a).await,
+        Command::Cp(a) => cp::run(a).await,
+        Command::Info(a) => info::run(a).await,
+        Command::Ping(a) => ping::run(a).await,
+    }
+}
