@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for hearth and builds it.
+#   - Debian packages: QEMU, the cloud kernel the guest boots, image tools
+#   - vhost-device-vsock (crates.io) for virtio-vsock without /dev/vhost-vsock
+#   - the static guest binary and the host binaries (release)
+# Idempotent: what is already there is not installed again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PKGS=(qemu-system-x86 linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v vhost-device-vsock >/dev/null; then
+    log "installing vhost-device-vsock (about a minute)"
+    cargo install --locked vhost-device-vsock
+fi
+
+log "building the static guest binary"
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p hearth-guest --target x86_64-unknown-linux-gnu
+log "building the hearth CLI"
+cargo build --release -p hearth-cli
+log "ready: target/release/hearth"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine and runs every test tier:
+#   1. unit (codec, parsers, state) and property tests
+#   2. agent tier: the real guest binary as a process + the real client over Unix sockets
+#   3. VM tier: real microVMs under QEMU, driven through the CLI and the client
+# plus the fuzz targets: they must build, and each gets a short run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export HEARTH_GUEST_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/hearth-guest"
+
+echo "==> tests: unit, agent and VM tiers" >&2
+cargo test --workspace --no-fail-fast
+
+echo "==> fuzz targets: build and a short run each" >&2
+if ! command -v cargo-fuzz >/dev/null; then
+    cargo install --locked cargo-fuzz
+fi
+(
+    cd fuzz
+    # cargo-fuzz needs nightly-only flags; the machine has one stable toolchain.
+    export RUSTC_BOOTSTRAP=1
+    for t in decode_frames decode_messages; do
+        cargo fuzz build -O "$t"
+        cargo fuzz run -O "$t" -- -max_total_time=20 -rss_limit_mb=1024
+    done
+)
+echo "==> all tiers passed" >&2
