@@ -11,6 +11,8 @@
 
 mod commands;
 mod logging;
+mod paths;
+mod state;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,12 @@ pub enum Command {
     Info(commands::info::Args),
     /// Measure a round trip to an agent.
     Ping(commands::ping::Args),
+    /// Manage microVM sandboxes that outlive the CLI.
+    Vm(commands::vm::Args),
+    /// Run one command in a fresh microVM, then remove it.
+    Run(commands::run::Args),
+    /// Build or list guest images.
+    Image(commands::image::Args),
 }
 
 fn main() {

@@ -1,1 +1,31 @@
-//! hearth host client
+//! hearth host client: talks to the guest agent over a plain Unix socket, a
+//! Firecracker-style hybrid vsock socket or AF_VSOCK, with the same code.
+//!
+//! - [`endpoint`]: `unix:PATH`, `hybrid:PATH:PORT`, `vsock:CID:PORT`.
+//! - [`hybrid`]: the `CONNECT <port>\n` / `OK <port>\n` handshake (pure parser).
+//! - `transport`: connecting each kind, bounded retries under one deadline.
+//! - `conn`: [`Client`] — reader task (frame decode with a length cap, demux by
+//!   seq), writer task, seq allocation, READY and version check.
+//! - `exec`: one-shot exec and streaming sessions ([`ExecHandle`], flow control).
+//! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
+//! - `ops`: ping, system info, shutdown.
+//! - [`error`]: [`ClientError`] and its retryability.
+
+mod conn;
+#[cfg(test)]
+mod conn_tests;
+pub mod endpoint;
+pub mod error;
+mod exec;
+mod files;
+pub mod hybrid;
+mod ops;
+mod transport;
+
+pub use conn::{Client, ConnectOptions};
+pub use endpoint::Endpoint;
+pub use error::ClientError;
+pub use exec::{
+    describe_outcome, exit_code, ExecControl, ExecEvent, ExecHandle, DEFAULT_EXEC_WINDOW,
+};
+pub use hearth_proto::pb;

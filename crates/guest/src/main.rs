@@ -1,1 +1,33 @@
-fn main() {}
+//! `hearth-guest`: the one static binary that runs inside a hearth microVM.
+//!
+//! Module map:
+//! - [`init`]: the PID-1 role (mounts, modules, root pivot, reaping, power off).
+//! - [`agent`]: the agent role — serves the wire protocol (docs/protocol.md) on
+//!   vsock or a Unix socket: exec sessions, files, system info, shutdown.
+//!
+//! Role selection: `hearth-guest init` or running as PID 1 → init;
+//! `hearth-guest agent [...]` → agent.
+
+mod agent;
+mod init;
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let role = args.next();
+    let is_pid1 = std::process::id() == 1;
+    match role.as_deref().and_then(|r| r.to_str()) {
+        Some("init") => init::run(),
+        _ if is_pid1 => init::run(),
+        Some("agent") => {
+            let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+            if let Err(e) = agent::main(&rest) {
+                eprintln!("hearth-guest agent: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        _ => {
+            eprintln!("usage: hearth-guest init | hearth-guest agent [--unix-socket PATH] [--vsock-port N] [--max-frame-len N]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -3,7 +3,10 @@
 pub mod cp;
 pub mod exec;
 pub mod info;
+pub mod image;
 pub mod ping;
+pub mod run;
+pub mod vm;
 
 use crate::Command;
 
@@ -13,5 +16,8 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Cp(a) => cp::run(a).await,
         Command::Info(a) => info::run(a).await,
         Command::Ping(a) => ping::run(a).await,
+        Command::Vm(a) => vm::run(a).await,
+        Command::Run(a) => run::run(a).await,
+        Command::Image(a) => image::run(a).await,
     }
 }

@@ -1,0 +1,58 @@
+//! `hearth run -- CMD...`: create a VM, run the command (no shell), destroy the VM,
+//! exit with the command's code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_client::pb;
+
+use super::vm::common::{create_vm, destroy_vm, outcome_code, stream_exec, timeout_ms, CreateOpts};
+use crate::paths;
+use crate::state::State;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    #[arg(long = "cpu", default_value_t = 1)]
+    pub cpus: u32,
+    #[arg(long = "mem", default_value_t = 256)]
+    pub mem_mib: u32,
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Working directory in the guest.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    #[arg(required = true, last = true)]
+    pub argv: Vec<String>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<i32> {
+    let state = State::new(paths::state_dir()?);
+    let opts = CreateOpts {
+        language: "none".into(),
+        image: None,
+        cpus: a.cpus,
+        mem_mib: a.mem_mib,
+        network: "none".into(),
+        kernel: a.kernel.clone(),
+        persist: false,
+        name: Some("hearth-run".into()),
+        boot_timeout: None::<Duration>,
+    };
+    let (rec, client) = create_vm(&state, &opts).await?;
+    let start = pb::ExecStart {
+        argv: a.argv.clone(),
+        cwd: a.cwd.clone().unwrap_or_default(),
+        timeout_ms: timeout_ms(a.timeout),
+        ..Default::default()
+    };
+    let result = stream_exec(&client, start).await;
+    drop(client);
+    let cleanup = destroy_vm(&state, &rec).await;
+    let exit = result?;
+    if let Err(e) = cleanup {
+        eprintln!("hearth: cannot remove vm {}: {e:#}", rec.id);
+    }
+    Ok(outcome_code(exit.outcome.as_ref()))
+}

@@ -1,0 +1,34 @@
+//! `hearth vm clean`: stop VMs if needed, remove their directories and records.
+
+use super::common::{destroy_vm, select};
+use crate::state::{State, VmStatus};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub vm: Vec<String>,
+    #[arg(long)]
+    pub all: bool,
+    /// Leave VMs created with --persist alone.
+    #[arg(long)]
+    pub keep_persist: bool,
+}
+
+pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
+    let recs = select(state, &a.vm, a.all, |r| r.status != VmStatus::Creating).await?;
+    let mut failed = 0;
+    for r in recs {
+        if a.keep_persist && r.persist {
+            eprintln!("hearth: keeping persistent vm {}", r.id);
+            continue;
+        }
+        match destroy_vm(state, &r).await {
+            Ok(()) => println!("{}", r.id),
+            Err(e) => {
+                eprintln!("hearth: cannot clean vm {}: {e:#}", r.id);
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}

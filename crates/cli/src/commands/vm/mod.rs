@@ -1,0 +1,47 @@
+//! `hearth vm …`: sandboxes that outlive the CLI, tracked in the state DB.
+//! One file per subcommand; `common` holds what they share.
+
+pub mod clean;
+pub mod common;
+pub mod create;
+pub mod exec;
+pub mod list;
+pub mod run;
+pub mod stop;
+
+use crate::paths;
+use crate::state::State;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Cmd {
+    /// Boot a new VM and print its id.
+    Create(create::Args),
+    /// Copy a file into a VM's /in and run a shell command there.
+    Run(run::Args),
+    /// Run a command (or a hello check) in one or more VMs.
+    Exec(exec::Args),
+    /// List VMs.
+    List(list::Args),
+    /// Stop VMs (the records stay; see `clean`).
+    Stop(stop::Args),
+    /// Stop VMs and remove their directories and records.
+    Clean(clean::Args),
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let state = State::new(paths::state_dir()?);
+    match args.cmd {
+        Cmd::Create(a) => create::run(&state, a).await,
+        Cmd::Run(a) => run::run(&state, a).await,
+        Cmd::Exec(a) => exec::run(&state, a).await,
+        Cmd::List(a) => list::run(&state, a).await,
+        Cmd::Stop(a) => stop::run(&state, a).await,
+        Cmd::Clean(a) => clean::run(&state, a).await,
+    }
+}

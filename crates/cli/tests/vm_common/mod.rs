@@ -1,0 +1,164 @@
+//! Shared helpers for the VM-tier tests (`vm_*.rs`): they drive the real `hearth`
+//! binary, which boots real QEMU microVMs. They need qemu-system-x86_64,
+//! vhost-device-vsock, a kernel in /boot and the static guest binary; a missing
+//! piece fails the test with a message saying how to get it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn guest_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HEARTH_GUEST_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for profile in ["release", "debug"] {
+        let p = target
+            .join("x86_64-unknown-linux-gnu")
+            .join(profile)
+            .join("hearth-guest");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "VM tests need the static guest binary: build it with \
+         RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p hearth-guest \
+         --target x86_64-unknown-linux-gnu (or set HEARTH_GUEST_BIN)"
+    );
+}
+
+/// A private state dir, removed (after cleaning its VMs) on drop.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub guest: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let guest = guest_bin();
+        assert!(
+            guest.is_file(),
+            "guest binary {} is missing",
+            guest.display()
+        );
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("hearth-vmtest-")
+                .tempdir()
+                .expect("tempdir"),
+            guest,
+        }
+    }
+
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        c.args(args)
+            .env("HEARTH_STATE_DIR", self.state())
+            .env("HEARTH_GUEST_BIN", &self.guest)
+            .env_remove("HEARTH_LOG_FILE")
+            .env("HEARTH_LOG_LEVEL", "warn");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run hearth")
+    }
+
+    /// Runs and asserts exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "hearth {args:?} failed ({:?})\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn create(&self, extra: &[&str]) -> String {
+        let mut args = vec!["vm", "create"];
+        args.extend_from_slice(extra);
+        let id = self.ok(&args).trim().to_string();
+        assert_eq!(
+            id.len(),
+            8,
+            "vm create printed {id:?}, expected an 8-char id"
+        );
+        id
+    }
+
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["vm", "list", "--all", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("vm list --json is JSON")
+            .as_array()
+            .expect("an array")
+            .clone()
+    }
+
+    pub fn record(&self, id: &str) -> serde_json::Value {
+        self.list()
+            .into_iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("vm {id} is not listed"))
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.record(id)["status"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn wait_status(&self, id: &str, want: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status(id);
+            if s == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "vm {id} is {s:?}, expected {want:?} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.run(&["vm", "clean", "--all"]);
+    }
+}
+
+/// True while `pid` exists and is not a zombie. (Orphaned VMMs are re-parented to
+/// the container's PID 1, which may not reap them: a zombie counts as gone.)
+pub fn pid_alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => match s.rfind(')') {
+            Some(i) => !matches!(
+                s[i + 1..].trim_start().chars().next(),
+                Some('Z') | Some('X')
+            ),
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -1,0 +1,343 @@
+//! Exec: the one-shot `EXEC` and the streaming session behind [`ExecHandle`].
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hearth_proto::{pb, Message, MessageType};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::conn::{unexpected, Client, Reply};
+use crate::error::ClientError;
+
+/// The agent's default exec window when `ExecStart.window` is 0.
+pub const DEFAULT_EXEC_WINDOW: u32 = 256 * 1024;
+
+/// One event of a streaming exec session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    Started { pid: u32 },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(pb::ExecExit),
+}
+
+/// A running exec session. Dropping it before the exit kills the process group.
+pub struct ExecHandle {
+    client: Client,
+    seq: u32,
+    rx: mpsc::UnboundedReceiver<Reply>,
+    credit: Option<Arc<AtomicI64>>,
+    window: u32,
+    /// Data handed to the caller whose credit has not been returned yet.
+    consumed: u32,
+    next_index: [u64; 2],
+    finished: bool,
+}
+
+impl Client {
+    /// Runs a command and collects its output (one `EXEC`/`EXEC_RESULT` pair).
+    pub async fn exec(&self, req: pb::Exec) -> Result<pb::ExecResult, ClientError> {
+        self.require(pb::Capability::OneshotExec, "one-shot exec")?;
+        match self.request(Message::Exec(req)).await? {
+            Message::ExecResult(r) => Ok(r),
+            m => Err(unexpected("exec", m)),
+        }
+    }
+
+    /// Opens a streaming exec session.
+    pub async fn exec_stream(&self, req: pb::ExecStart) -> Result<ExecHandle, ClientError> {
+        self.require(pb::Capability::ExecStream, "streaming exec")?;
+        let window = if req.window == 0 {
+            DEFAULT_EXEC_WINDOW
+        } else {
+            req.window
+        };
+        let credit = self
+            .flow_control()
+            .then(|| Arc::new(AtomicI64::new(window as i64)));
+        let (seq, rx) = self
+            .open_stream(Message::ExecStart(req), credit.clone())
+            .await?;
+        Ok(ExecHandle {
+            client: self.clone(),
+            seq,
+            rx,
+            credit,
+            window,
+            consumed: 0,
+            next_index: [0, 0],
+            finished: false,
+        })
+    }
+}
+
+/// Sends stdin and signals to a session from another task; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ExecControl {
+    client: Client,
+    seq: u32,
+}
+
+impl ExecControl {
+    /// Sends bytes to the child's stdin (the session must have `stdin_open`).
+    pub async fn write_stdin(&self, data: Bytes) -> Result<(), ClientError> {
+        // Leave room for the protobuf framing of the field.
+        let chunk = self.client.max_payload().saturating_sub(64).max(1);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let part = rest.split_to(rest.len().min(chunk));
+            let m = Message::ExecStdin(pb::StdinData {
+                data: part,
+                eof: false,
+            });
+            self.client.send_frame(m.into_frame(self.seq)).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the child's stdin.
+    pub async fn close_stdin(&self) {
+        let m = Message::ExecStdin(pb::StdinData {
+            data: Bytes::new(),
+            eof: true,
+        });
+        if let Err(e) = self.client.send_frame(m.into_frame(self.seq)).await {
+            debug!(seq = self.seq, error = %e, "close_stdin not sent");
+        }
+    }
+
+    /// Sends `sig` to the session's process group.
+    pub async fn signal(&self, sig: i32) {
+        let m = Message::ExecSignal(pb::ExecSignal { signal: sig });
+        if let Err(e) = self.client.send_frame(m.into_frame(self.seq)).await {
+            debug!(seq = self.seq, error = %e, "signal not sent");
+        }
+    }
+}
+
+impl ExecHandle {
+    /// A handle for stdin and signals that can move to another task.
+    pub fn control(&self) -> ExecControl {
+        ExecControl {
+            client: self.client.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// The session's seq on the connection.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// The next event, or `None` after `Exit` was returned. Returns flow-control
+    /// credit to the agent as output is handed out.
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let msg = match self.rx.recv().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                self.finished = true;
+                return Err(e);
+            }
+            None => {
+                self.finished = true;
+                return Err(ClientError::ConnectionClosed {
+                    reason: "the session's route was dropped".into(),
+                });
+            }
+        };
+        let ev = match msg {
+            Message::ExecStarted(s) => ExecEvent::Started { pid: s.pid },
+            Message::ExecStdout(c) => {
+                self.check_index(0, MessageType::ExecStdout, c.index)?;
+                self.consume(c.data.len()).await?;
+                ExecEvent::Stdout(c.data)
+            }
+            Message::ExecStderr(c) => {
+                self.check_index(1, MessageType::ExecStderr, c.index)?;
+                self.consume(c.data.len()).await?;
+                ExecEvent::Stderr(c.data)
+            }
+            Message::ExecExit(x) => {
+                self.finished = true;
+                ExecEvent::Exit(x)
+            }
+            m => {
+                self.finished = true;
+                return Err(unexpected("exec", m));
+            }
+        };
+        Ok(Some(ev))
+    }
+
+    fn check_index(&mut self, i: usize, t: MessageType, index: u64) -> Result<(), ClientError> {
+        if index != self.next_index[i] {
+            self.finished = true;
+            return Err(ClientError::Protocol {
+                reason: format!(
+                    "session {}: {} chunk index {index}, expected {}",
+                    self.seq,
+                    t.name(),
+                    self.next_index[i]
+                ),
+            });
+        }
+        self.next_index[i] += 1;
+        Ok(())
+    }
+
+    async fn consume(&mut self, n: usize) -> Result<(), ClientError> {
+        let Some(credit) = &self.credit else {
+            return Ok(());
+        };
+        self.consumed = self.consumed.saturating_add(n as u32);
+        if self.consumed >= self.window / 4 {
+            let bytes = std::mem::take(&mut self.consumed);
+            credit.fetch_add(bytes as i64, Ordering::AcqRel);
+            let m = Message::WindowUpdate(pb::WindowUpdate { bytes });
+            self.client.send_frame(m.into_frame(self.seq)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends bytes to the child's stdin (the session must have `stdin_open`).
+    pub async fn write_stdin(&self, data: Bytes) -> Result<(), ClientError> {
+        self.control().write_stdin(data).await
+    }
+
+    /// Closes the child's stdin.
+    pub async fn close_stdin(&self) {
+        self.control().close_stdin().await
+    }
+
+    /// Sends `sig` to the session's process group.
+    pub async fn signal(&self, sig: i32) {
+        self.control().signal(sig).await
+    }
+
+    /// Drains the output and returns the exit.
+    pub async fn wait(mut self) -> Result<pb::ExecExit, ClientError> {
+        loop {
+            match self.next_event().await? {
+                Some(ExecEvent::Exit(x)) => return Ok(x),
+                Some(_) => {}
+                None => {
+                    return Err(ClientError::Protocol {
+                        reason: format!("session {} ended without EXEC_EXIT", self.seq),
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ExecHandle {
+    fn drop(&mut self) {
+        if !self.finished {
+            let m = Message::ExecSignal(pb::ExecSignal { signal: SIGKILL });
+            self.client.try_send_frame(m.into_frame(self.seq));
+            // Let the agent drain the dying group without waiting for credit.
+            if self.credit.is_some() {
+                let m = Message::WindowUpdate(pb::WindowUpdate {
+                    bytes: u32::MAX / 2,
+                });
+                if let Some(c) = &self.credit {
+                    c.fetch_add((u32::MAX / 2) as i64, Ordering::AcqRel);
+                }
+                self.client.try_send_frame(m.into_frame(self.seq));
+            }
+        }
+    }
+}
+
+/// SIGKILL on Linux (the guest is always Linux).
+const SIGKILL: i32 = 9;
+
+/// Shell-style exit code for an outcome: the code when it exited, 128+signal
+/// when killed, 124 on timeout, 127 when it never started (126 when the
+/// program was not executable), 1 when the outcome is missing.
+pub fn exit_code(outcome: Option<&pb::ExecOutcome>) -> i32 {
+    use pb::exec_outcome::Kind;
+    match outcome.and_then(|o| o.kind.as_ref()) {
+        Some(Kind::Exited(e)) => e.code,
+        Some(Kind::Killed(k)) => 128 + k.signal,
+        Some(Kind::TimedOut(_)) => 124,
+        Some(Kind::NeverStarted(n)) => {
+            if n.kind == pb::SpawnErrorKind::PermissionDenied as i32 {
+                126
+            } else {
+                127
+            }
+        }
+        None => 1,
+    }
+}
+
+/// A one-line description of an outcome, e.g. `exited with code 3`.
+pub fn describe_outcome(outcome: Option<&pb::ExecOutcome>) -> String {
+    use pb::exec_outcome::Kind;
+    match outcome.and_then(|o| o.kind.as_ref()) {
+        Some(Kind::Exited(e)) => format!("exited with code {}", e.code),
+        Some(Kind::Killed(k)) => format!(
+            "killed by signal {}{}",
+            k.signal,
+            if k.core_dumped { " (core dumped)" } else { "" }
+        ),
+        Some(Kind::TimedOut(t)) => format!("timed out (ended by signal {})", t.signal),
+        Some(Kind::NeverStarted(n)) => {
+            let kind = pb::SpawnErrorKind::try_from(n.kind)
+                .map(|k| k.as_str_name().to_string())
+                .unwrap_or_else(|_| format!("kind {}", n.kind));
+            format!(
+                "never started: {kind}, errno {} ({}): {}",
+                n.errno,
+                std::io::Error::from_raw_os_error(n.errno),
+                n.message
+            )
+        }
+        None => "no outcome reported".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::exec_outcome::Kind;
+
+    fn o(k: Kind) -> pb::ExecOutcome {
+        pb::ExecOutcome { kind: Some(k) }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(Some(&o(Kind::Exited(pb::Exited { code: 3 })))), 3);
+        assert_eq!(
+            exit_code(Some(&o(Kind::Killed(pb::Killed {
+                signal: 9,
+                core_dumped: false
+            })))),
+            137
+        );
+        assert_eq!(
+            exit_code(Some(&o(Kind::TimedOut(pb::TimedOut { signal: 15 })))),
+            124
+        );
+        let ns = |kind: pb::SpawnErrorKind| {
+            o(Kind::NeverStarted(pb::NeverStarted {
+                kind: kind as i32,
+                errno: 2,
+                message: String::new(),
+            }))
+        };
+        assert_eq!(exit_code(Some(&ns(pb::SpawnErrorKind::NotFound))), 127);
+        assert_eq!(
+            exit_code(Some(&ns(pb::SpawnErrorKind::PermissionDenied))),
+            126
+        );
+        assert_eq!(exit_code(None), 1);
+    }
+}

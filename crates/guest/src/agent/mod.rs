@@ -1,0 +1,319 @@
+//! The agent role: serves the hearth wire protocol (docs/protocol.md).
+//!
+//! - [`conn`]: one connection — reader, request dispatch, session routing.
+//! - [`writer`]: the connection's single writer task (bounded queues, pongs first).
+//! - [`exec`]: spawning a child (setsid, signals, oom score, user, env) and
+//!   decoding its outcome; [`session`] runs it (streaming with credit, timeout,
+//!   drain); [`oneshot`] is the collected `EXEC` variant.
+//! - [`user`]: `/etc/passwd` parsing and the child's environment.
+//! - [`files`], [`file_read`], [`file_write`]: file requests.
+//! - [`sysinfo`]: the `SYSTEM_INFO` answer.
+
+mod conn;
+#[cfg(test)]
+mod conn_tests;
+mod exec;
+mod file_read;
+mod file_write;
+mod files;
+mod oneshot;
+mod session;
+mod sysinfo;
+mod user;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use hearth_proto::{capability_bit, pb, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION, VERSION};
+
+/// Smallest `--max-frame-len` that still leaves room for useful chunks.
+const MIN_MAX_FRAME_LEN: u32 = 64 * 1024;
+
+/// Where the agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Vsock(u32),
+}
+
+/// Agent settings from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: Listen,
+    pub max_frame_len: u32,
+}
+
+impl Config {
+    /// Parses `[--unix-socket PATH] [--vsock-port N] [--max-frame-len N]`.
+    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut unix = None;
+        let mut port = hearth_proto::AGENT_VSOCK_PORT;
+        let mut max_frame_len = DEFAULT_MAX_FRAME_LEN;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            let mut value = || -> anyhow::Result<String> {
+                match inline.clone() {
+                    Some(v) => Ok(v),
+                    None => it
+                        .next()
+                        .cloned()
+                        .with_context(|| format!("{flag} needs a value")),
+                }
+            };
+            match flag {
+                "--unix-socket" => unix = Some(PathBuf::from(value()?)),
+                "--vsock-port" => {
+                    let v = value()?;
+                    port = v
+                        .parse()
+                        .with_context(|| format!("bad --vsock-port {v:?}"))?;
+                }
+                "--max-frame-len" => {
+                    let v = value()?;
+                    max_frame_len = v
+                        .parse()
+                        .with_context(|| format!("bad --max-frame-len {v:?}"))?;
+                    if max_frame_len < MIN_MAX_FRAME_LEN {
+                        bail!("--max-frame-len {max_frame_len} is below {MIN_MAX_FRAME_LEN}");
+                    }
+                }
+                other => bail!("unknown argument {other:?}"),
+            }
+        }
+        let listen = match unix {
+            Some(p) => Listen::Unix(p),
+            None => Listen::Vsock(port),
+        };
+        Ok(Self {
+            listen,
+            max_frame_len,
+        })
+    }
+}
+
+/// What every connection announces in `READY`, plus settings shared by all.
+#[derive(Debug)]
+pub struct Shared {
+    pub ready: pb::Ready,
+    pub max_frame_len: u32,
+}
+
+/// Boot timings handed over by init in `HEARTH_BOOT_*` variables.
+#[derive(Debug, Default, Clone, Copy)]
+struct BootEnv {
+    kernel_to_init_us: u64,
+    init_start_us: Option<u64>,
+    modules_us: u64,
+    rootfs_us: u64,
+}
+
+/// Reads `HEARTH_*` from the environment, then removes every `HEARTH_*`
+/// variable so that no child inherits them. Call before any thread starts.
+fn take_hearth_env() -> (BootEnv, Option<String>) {
+    let num = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let boot = BootEnv {
+        kernel_to_init_us: num("HEARTH_BOOT_KERNEL_TO_INIT_US").unwrap_or(0),
+        init_start_us: num("HEARTH_BOOT_INIT_START_US"),
+        modules_us: num("HEARTH_BOOT_MODULES_US").unwrap_or(0),
+        rootfs_us: num("HEARTH_BOOT_ROOTFS_US").unwrap_or(0),
+    };
+    let role = std::env::var("HEARTH_ROLE").ok();
+    let keys: Vec<_> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_string_lossy().starts_with("HEARTH_"))
+        .collect();
+    for k in keys {
+        std::env::remove_var(k);
+    }
+    (boot, role)
+}
+
+/// CLOCK_BOOTTIME in microseconds.
+fn boottime_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Best-effort: make the OOM killer pick the workload, not the agent.
+fn protect_from_oom() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::debug!(error = %e, "could not set oom_score_adj");
+    }
+}
+
+fn all_capabilities() -> u64 {
+    use pb::Capability as C;
+    [
+        C::OneshotExec,
+        C::ExecStream,
+        C::Files,
+        C::SystemInfo,
+        C::Shutdown,
+        C::FlowControl,
+    ]
+    .into_iter()
+    .map(capability_bit)
+    .fold(0, |a, b| a | b)
+}
+
+/// Keeps the idle footprint small: glibc otherwise grows its mmap threshold
+/// after big frees (so later 256 KiB buffers stay resident on the heap) and
+/// gives every thread its own arena.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// Entry point of the agent role.
+pub fn main(args: &[String]) -> anyhow::Result<()> {
+    let config = Config::parse(args)?;
+    tune_malloc();
+    let (boot, role) = take_hearth_env();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    protect_from_oom();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_stack_size(256 * 1024)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    rt.block_on(serve(config, boot, role))
+}
+
+async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::Result<()> {
+    let make_shared = || {
+        let now = boottime_us();
+        Arc::new(Shared {
+            ready: pb::Ready {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: VERSION.to_string(),
+                capabilities: all_capabilities(),
+                boot: Some(pb::BootTimings {
+                    kernel_to_init_us: boot.kernel_to_init_us,
+                    init_to_agent_us: boot.init_start_us.map_or(0, |s| now.saturating_sub(s)),
+                    modules_us: boot.modules_us,
+                    rootfs_us: boot.rootfs_us,
+                }),
+                max_frame_len: config.max_frame_len,
+                role: role.clone().unwrap_or_else(|| "agent".to_string()),
+            },
+            max_frame_len: config.max_frame_len,
+        })
+    };
+    match &config.listen {
+        Listen::Unix(path) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing stale {}", path.display()))
+                }
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("binding unix socket {}", path.display()))?;
+            let shared = make_shared();
+            tracing::info!(path = %path.display(), "agent listening");
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(conn::serve(stream, shared.clone()));
+                    }
+                    Err(e) => accept_failed(e).await,
+                }
+            }
+        }
+        Listen::Vsock(port) => {
+            let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
+            let mut listener = tokio_vsock::VsockListener::bind(addr)
+                .with_context(|| format!("binding vsock port {port}"))?;
+            let shared = make_shared();
+            tracing::info!(port, "agent listening on vsock");
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(conn::serve(stream, shared.clone()));
+                    }
+                    Err(e) => accept_failed(e).await,
+                }
+            }
+        }
+    }
+}
+
+/// Accept errors (EMFILE and friends) are transient: log and back off briefly.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_defaults_to_vsock_1000() {
+        let c = Config::parse(&[]).unwrap();
+        assert_eq!(c.listen, Listen::Vsock(1000));
+        assert_eq!(c.max_frame_len, DEFAULT_MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn parses_unix_socket_and_frame_len() {
+        let c = Config::parse(&s(&[
+            "--unix-socket",
+            "/tmp/a.sock",
+            "--max-frame-len=100000",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen, Listen::Unix("/tmp/a.sock".into()));
+        assert_eq!(c.max_frame_len, 100000);
+    }
+
+    #[test]
+    fn rejects_unknown_and_missing_values() {
+        assert!(Config::parse(&s(&["--bogus"])).is_err());
+        assert!(Config::parse(&s(&["--vsock-port"])).is_err());
+        assert!(Config::parse(&s(&["--vsock-port", "x"])).is_err());
+        assert!(Config::parse(&s(&["--max-frame-len", "10"])).is_err());
+    }
+
+    #[test]
+    fn capabilities_cover_every_value() {
+        assert_eq!(all_capabilities(), 0b11_1111);
+    }
+}

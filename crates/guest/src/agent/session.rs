@@ -1,0 +1,442 @@
+//! Running a spawned child to its end: output with flow control, stdin,
+//! timeout, drain, outcome. Shared by streaming (`EXEC_START`) and one-shot
+//! (`EXEC`) execs; they differ only in the [`Sink`].
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hearth_proto::{pb, Message};
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::exec::{decode_status, signal_group, Spawned, Termination};
+use super::writer::Writer;
+
+/// Grace between SIGTERM and SIGKILL on timeout.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long to keep draining pipes after the child exited.
+const DRAIN: Duration = Duration::from_millis(200);
+/// Largest output chunk.
+pub const MAX_CHUNK: usize = 256 * 1024;
+
+/// Flow-control credit granted by the host (`WINDOW_UPDATE`).
+#[derive(Debug)]
+pub struct Credit {
+    avail: AtomicU64,
+    notify: Notify,
+    /// Set when the connection is gone: output is drained and dropped.
+    closed: AtomicBool,
+}
+
+impl Credit {
+    pub fn new(initial: u64) -> Arc<Self> {
+        Arc::new(Self {
+            avail: AtomicU64::new(initial),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn add(&self, bytes: u64) {
+        let _ = self
+            .avail
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(bytes))
+            });
+        self.notify.notify_one();
+    }
+
+    /// The connection ended: nobody will grant credit or read output again.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn available(&self) -> u64 {
+        self.avail.load(Ordering::Acquire)
+    }
+
+    /// Subtracts what was sent; only the one consumer calls this.
+    pub fn take(&self, bytes: u64) {
+        let _ = self
+            .avail
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
+    /// Waits until some credit is available or the connection is gone.
+    pub async fn wait(&self) {
+        while self.available() == 0 && !self.is_closed() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Where output goes.
+pub enum Sink {
+    /// `EXEC_STDOUT`/`EXEC_STDERR` frames for session `seq`. After the
+    /// connection is gone output is drained and dropped so the child never blocks.
+    Stream {
+        writer: Writer,
+        seq: u32,
+        gone: bool,
+    },
+    /// Collected for an `EXEC_RESULT`.
+    Collect { stdout: Vec<u8>, stderr: Vec<u8> },
+}
+
+/// Output caps (`u64::MAX` = unlimited) and timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_stdout: u64,
+    pub max_stderr: u64,
+    pub timeout: Option<Duration>,
+}
+
+/// What the terminal frame reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub outcome: pb::exec_outcome::Kind,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_us: u64,
+}
+
+impl Summary {
+    pub fn exit_message(&self) -> Message {
+        Message::ExecExit(pb::ExecExit {
+            outcome: Some(pb::ExecOutcome {
+                kind: Some(self.outcome.clone()),
+            }),
+            stdout_bytes: self.stdout_bytes,
+            stderr_bytes: self.stderr_bytes,
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+            duration_us: self.duration_us,
+        })
+    }
+}
+
+struct Stream {
+    fd: AsyncFd<OwnedFd>,
+    open: bool,
+    /// Next chunk index.
+    index: u64,
+    /// Everything the child wrote, kept or dropped.
+    total: u64,
+    /// Bytes kept (sent or collected).
+    kept: u64,
+    cap: u64,
+    truncated: bool,
+    is_stderr: bool,
+}
+
+impl Stream {
+    fn new(fd: OwnedFd, cap: u64, is_stderr: bool) -> std::io::Result<Self> {
+        Ok(Self {
+            // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open and
+            // names the same pipe for the AsyncFd's whole life.
+            fd: unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?,
+            open: true,
+            index: 0,
+            total: 0,
+            kept: 0,
+            cap,
+            truncated: false,
+            is_stderr,
+        })
+    }
+
+    fn over_cap(&self) -> bool {
+        self.kept >= self.cap
+    }
+}
+
+/// Writes the initial stdin, then forwards `EXEC_STDIN` frames until eof.
+fn spawn_stdin(
+    stdin: Option<tokio::process::ChildStdin>,
+    initial: Bytes,
+    more: Option<mpsc::Receiver<pb::StdinData>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut w = stdin?;
+    Some(tokio::spawn(async move {
+        if !initial.is_empty() && w.write_all(&initial).await.is_err() {
+            return;
+        }
+        let Some(mut rx) = more else { return };
+        while let Some(d) = rx.recv().await {
+            if !d.data.is_empty() && w.write_all(&d.data).await.is_err() {
+                return;
+            }
+            if d.eof {
+                return;
+            }
+        }
+    }))
+}
+
+/// Runs the child to its end and returns the summary for the terminal frame.
+pub async fn run(
+    sp: Spawned,
+    initial_stdin: Bytes,
+    stdin_rx: Option<mpsc::Receiver<pb::StdinData>>,
+    credit: Arc<Credit>,
+    limits: Limits,
+    sink: &mut Sink,
+    chunk_max: usize,
+) -> Summary {
+    let Spawned {
+        mut child,
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        started,
+    } = sp;
+    let started = Instant::from_std(started);
+    let stdin_task = spawn_stdin(stdin, initial_stdin, stdin_rx);
+    let mut streams = match (
+        Stream::new(stdout, limits.max_stdout, false),
+        Stream::new(stderr, limits.max_stderr, true),
+    ) {
+        (Ok(o), Ok(e)) => [o, e],
+        (Err(e), _) | (_, Err(e)) => {
+            // Without a reactor registration we cannot read; do not leave the child behind.
+            tracing::error!(error = %e, "registering child pipes failed");
+            signal_group(pid, libc::SIGKILL);
+            let _ = child.wait().await;
+            return Summary {
+                outcome: pb::exec_outcome::Kind::NeverStarted(super::exec::never_started(
+                    pb::SpawnErrorKind::Other,
+                    e.raw_os_error().unwrap_or(0),
+                    format!("registering child pipes: {e}"),
+                )),
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                stdout_truncated: false,
+                stderr_truncated: false,
+                duration_us: 0,
+            };
+        }
+    };
+    let mut scratch: Vec<u8> = Vec::new();
+    let far = started + Duration::from_secs(86400 * 365);
+    let mut term_at = limits.timeout.map(|t| started + t);
+    let mut kill_at: Option<Instant> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut timed_out: Option<i32> = None;
+    let mut status: Option<Termination> = None;
+    let wait = child.wait();
+    tokio::pin!(wait);
+
+    loop {
+        if status.is_some() && !streams[0].open && !streams[1].open {
+            break;
+        }
+        if credit.is_closed() {
+            if let Sink::Stream { gone, .. } = sink {
+                *gone = true;
+            }
+        }
+        let discard = matches!(sink, Sink::Stream { gone: true, .. });
+        let collect = matches!(sink, Sink::Collect { .. });
+        let has_credit = collect || discard || credit.available() > 0;
+        let readable = |s: &Stream| s.open && (has_credit || s.over_cap());
+        let want_credit = !has_credit && streams.iter().any(|s| s.open && !s.over_cap());
+        let (r0, r1) = (readable(&streams[0]), readable(&streams[1]));
+        let take0 = read_size(&streams[0], &credit, sink, chunk_max);
+        let take1 = read_size(&streams[1], &credit, sink, chunk_max);
+        let need = take0.max(take1);
+        if scratch.len() < need {
+            // Zeroed allocation (calloc) leaves pages untouched until a read fills them.
+            scratch = vec![0u8; chunk_max];
+        }
+        let [s0, s1] = &mut streams;
+        let read: Option<(usize, std::io::Result<usize>)> = tokio::select! {
+            g = s0.fd.readable(), if r0 && take0 > 0 => read_ready(g, &mut scratch[..take0]).map(|r| (0, r)),
+            g = s1.fd.readable(), if r1 && take1 > 0 => read_ready(g, &mut scratch[..take1]).map(|r| (1, r)),
+            _ = credit.notify.notified(), if want_credit => None,
+            st = &mut wait, if status.is_none() => {
+                let t = match st {
+                    Ok(st) => decode_status(st),
+                    Err(e) => {
+                        tracing::error!(pid, error = %e, "waiting for the child failed");
+                        Termination::Exited(-1)
+                    }
+                };
+                status = Some(t);
+                if timed_out.is_some() {
+                    // A timeout ends the whole group, grandchildren included.
+                    signal_group(pid, libc::SIGKILL);
+                }
+                drain_until = Some(Instant::now() + DRAIN);
+                None
+            }
+            _ = tokio::time::sleep_until(term_at.unwrap_or(far)), if term_at.is_some() && status.is_none() => {
+                tracing::debug!(pid, "exec timed out, sending SIGTERM to the group");
+                signal_group(pid, libc::SIGTERM);
+                timed_out = Some(libc::SIGTERM);
+                term_at = None;
+                kill_at = Some(Instant::now() + KILL_GRACE);
+                None
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
+                signal_group(pid, libc::SIGKILL);
+                timed_out = Some(libc::SIGKILL);
+                kill_at = None;
+                None
+            }
+            _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                // Output already in a pipe is the child's, not a straggler's: it
+                // waits for the host's credit instead of being dropped.
+                if streams.iter().any(|s| s.open && !s.over_cap() && pending(s) > 0) {
+                    drain_until = Some(Instant::now() + DRAIN);
+                    None
+                } else {
+                    break;
+                }
+            }
+        };
+        if let Some((i, r)) = read {
+            deliver(&mut streams[i], r, &scratch, &credit, sink).await;
+        }
+    }
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    let term = status.unwrap_or(Termination::Exited(-1));
+    let outcome = match timed_out {
+        Some(sent) => pb::exec_outcome::Kind::TimedOut(pb::TimedOut {
+            signal: match term {
+                Termination::Killed { signal, .. } => signal,
+                Termination::Exited(_) => sent,
+            },
+        }),
+        None => term.outcome(),
+    };
+    let [o, e] = &streams;
+    Summary {
+        outcome,
+        stdout_bytes: o.total,
+        stderr_bytes: e.total,
+        stdout_truncated: o.truncated,
+        stderr_truncated: e.truncated,
+        duration_us: started.elapsed().as_micros() as u64,
+    }
+}
+
+/// Bytes waiting in the pipe (FIONREAD); 0 if unknown.
+fn pending(s: &Stream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on a pipe fd we own writes one c_int.
+    let rc = unsafe { libc::ioctl(s.fd.get_ref().as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}
+
+/// How many bytes to read next from `s` (0 = do not read now).
+fn read_size(s: &Stream, credit: &Credit, sink: &Sink, chunk_max: usize) -> usize {
+    if s.over_cap() {
+        return chunk_max;
+    }
+    let room = s.cap - s.kept;
+    let n = match sink {
+        Sink::Stream { gone: true, .. } => chunk_max as u64,
+        Sink::Stream { .. } => credit.available().min(room),
+        Sink::Collect { .. } => room,
+    };
+    n.min(chunk_max as u64) as usize
+}
+
+/// One non-blocking read after the reactor reported `fd` readable; `None`
+/// when it would block (readiness is then cleared by `try_io`).
+fn read_ready(
+    guard: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>>,
+    buf: &mut [u8],
+) -> Option<std::io::Result<usize>> {
+    let mut guard = match guard {
+        Ok(g) => g,
+        Err(e) => return Some(Err(e)),
+    };
+    let r = guard.try_io(|fd| {
+        // SAFETY: read(2) into a live buffer of `buf.len()` bytes from an fd we own.
+        let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    });
+    match r {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        Ok(r) => Some(r),
+        Err(_would_block) => None,
+    }
+}
+
+/// Accounts for and forwards what one read returned.
+async fn deliver(
+    s: &mut Stream,
+    r: std::io::Result<usize>,
+    scratch: &[u8],
+    credit: &Credit,
+    sink: &mut Sink,
+) {
+    let n = match r {
+        Ok(0) => {
+            s.open = false;
+            return;
+        }
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading child output failed");
+            s.open = false;
+            return;
+        }
+    };
+    s.total += n as u64;
+    if s.over_cap() {
+        s.truncated = true;
+        return;
+    }
+    s.kept += n as u64;
+    match sink {
+        Sink::Collect { stdout, stderr } => {
+            let dst = if s.is_stderr { stderr } else { stdout };
+            dst.extend_from_slice(&scratch[..n]);
+        }
+        Sink::Stream { gone: true, .. } => {}
+        Sink::Stream { writer, seq, gone } => {
+            credit.take(n as u64);
+            let chunk = pb::OutputChunk {
+                index: s.index,
+                data: Bytes::copy_from_slice(&scratch[..n]),
+            };
+            s.index += 1;
+            let msg = if s.is_stderr {
+                Message::ExecStderr(chunk)
+            } else {
+                Message::ExecStdout(chunk)
+            };
+            if writer.send_data(*seq, &msg).await.is_err() {
+                *gone = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The one task that writes a connection's socket.
+//!
+//! Frames come through two bounded queues: `prio` for small control answers
+//! (pongs, errors, results) and `data` for bulk output. The writer always drains
+//! `prio` first, so an output flood cannot delay a pong by more than one
+//! batch. Both queues are bounded: when the host stops reading, senders wait
+//! (backpressure) instead of growing memory.
+
+use bytes::BytesMut;
+use hearth_proto::{pb, Frame, Message};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Queued frames per queue. Data frames are at most one chunk (≤ 256 KiB), so
+/// the data queue holds at most ~8 MiB per connection.
+const DATA_QUEUE: usize = 32;
+const PRIO_QUEUE: usize = 64;
+/// Coalesce queued frames into one write up to about this many bytes.
+const BATCH_BYTES: usize = 512 * 1024;
+
+enum Out {
+    Frame(Frame),
+    Flush(oneshot::Sender<()>),
+    Close,
+}
+
+/// The connection is gone; nothing more can be sent.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("connection writer is closed")]
+pub struct Closed;
+
+/// Cheap handle to the connection's writer.
+#[derive(Clone)]
+pub struct Writer {
+    data: mpsc::Sender<Out>,
+    prio: mpsc::Sender<Out>,
+    max_frame_len: u32,
+}
+
+impl Writer {
+    /// Starts the writer task on `sink`.
+    pub fn spawn<W>(sink: W, max_frame_len: u32) -> Writer
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (data, data_rx) = mpsc::channel(DATA_QUEUE);
+        let (prio, prio_rx) = mpsc::channel(PRIO_QUEUE);
+        tokio::spawn(run(sink, data_rx, prio_rx, max_frame_len));
+        Writer {
+            data,
+            prio,
+            max_frame_len,
+        }
+    }
+
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// Queues a bulk frame (output or file chunk); waits while the queue is full.
+    pub async fn send_data(&self, seq: u32, msg: &Message) -> Result<(), Closed> {
+        let frame = self.frame(seq, msg);
+        self.data.send(Out::Frame(frame)).await.map_err(|_| Closed)
+    }
+
+    /// Queues a control frame (pong, result, error) ahead of bulk data.
+    pub async fn send(&self, seq: u32, msg: &Message) -> Result<(), Closed> {
+        let frame = self.frame(seq, msg);
+        self.prio.send(Out::Frame(frame)).await.map_err(|_| Closed)
+    }
+
+    /// Waits until everything queued before this call has been written.
+    pub async fn flush(&self) -> Result<(), Closed> {
+        let (tx, rx) = oneshot::channel();
+        self.data.send(Out::Flush(tx)).await.map_err(|_| Closed)?;
+        rx.await.map_err(|_| Closed)
+    }
+
+    /// Writes what is queued, then shuts the socket's write side down.
+    pub async fn close(&self) {
+        let _ = self.data.send(Out::Close).await;
+    }
+
+    /// Encodes `msg`; a message too big for a frame becomes an `INTERNAL` error
+    /// (callers size their answers, so this is a bug, not a host action).
+    fn frame(&self, seq: u32, msg: &Message) -> Frame {
+        let frame = msg.into_frame(seq);
+        if frame.wire_len() <= self.max_frame_len as usize {
+            return frame;
+        }
+        tracing::error!(seq, kind = ?msg.message_type(), len = frame.wire_len(), "answer exceeds the frame limit");
+        hearth_proto::message::error(
+            pb::ErrorCode::Internal,
+            format!(
+                "answer of {} bytes exceeds the frame limit",
+                frame.wire_len()
+            ),
+            0,
+        )
+        .into_frame(seq)
+    }
+}
+
+async fn run<W>(
+    mut sink: W,
+    mut data_rx: mpsc::Receiver<Out>,
+    mut prio_rx: mpsc::Receiver<Out>,
+    max_frame_len: u32,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut prio_open = true;
+    let mut data_open = true;
+    let mut closing = false;
+    while (prio_open || data_open) && !closing {
+        let first = tokio::select! {
+            biased;
+            m = prio_rx.recv(), if prio_open => m.or_else(|| { prio_open = false; None }),
+            m = data_rx.recv(), if data_open => m.or_else(|| { data_open = false; None }),
+        };
+        let Some(first) = first else { continue };
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(f) => {
+                    if let Err(e) = f.encode(&mut buf, max_frame_len) {
+                        tracing::error!(error = %e, "dropping unencodable frame");
+                    }
+                }
+                Out::Flush(ack) => acks.push(ack),
+                Out::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            if buf.len() >= BATCH_BYTES {
+                break;
+            }
+            next = prio_rx.try_recv().ok().or_else(|| data_rx.try_recv().ok());
+        }
+        if !buf.is_empty() {
+            if let Err(e) = sink.write_all(&buf).await {
+                tracing::debug!(error = %e, "connection write failed");
+                return;
+            }
+            buf.clear();
+            // Do not keep a large batch buffer around on an idle connection.
+            if buf.capacity() > BATCH_BYTES * 2 {
+                buf = BytesMut::new();
+            }
+        }
+        if let Err(e) = sink.flush().await {
+            tracing::debug!(error = %e, "connection flush failed");
+            return;
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+    let _ = sink.shutdown().await;
+}

@@ -1,0 +1,75 @@
+//! Errors of the VMM backends.
+
+use std::path::PathBuf;
+
+/// Smallest guest memory accepted: the Debian cloud kernel plus the initramfs do not
+/// boot reliably below it.
+pub const MIN_MEM_MIB: u32 = 128;
+/// Largest vCPU count accepted (QEMU microvm and a sane host).
+pub const MAX_CPUS: u32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("guest memory {mem_mib} MiB is below the minimum of {min} MiB")]
+    MemoryTooSmall { mem_mib: u32, min: u32 },
+    #[error("cpu count {cpus} is out of range (1..={max})")]
+    BadCpuCount { cpus: u32, max: u32 },
+    #[error("network mode {0:?} is not supported yet (only none)")]
+    UnsupportedNetwork(String),
+    #[error("kernel not found: {}", .0.display())]
+    KernelMissing(PathBuf),
+    #[error("initramfs not found: {}", .0.display())]
+    InitrdMissing(PathBuf),
+    #[error("vhost-device-vsock not found; run `cargo install vhost-device-vsock`")]
+    VhostNotFound,
+    #[error("{0} not found; install it (Debian: apt-get install qemu-system-x86)")]
+    QemuNotFound(String),
+    #[error("{context}: {path}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-device-vsock did not create {} within {secs} s{log}", .socket.display())]
+    VhostTimeout {
+        socket: PathBuf,
+        secs: u64,
+        log: String,
+    },
+    #[error("vm {id} did not become ready: {reason}\n--- last console lines ({console_path}) ---\n{console}")]
+    BootFailed {
+        id: String,
+        reason: String,
+        console_path: String,
+        console: String,
+    },
+    #[error("vm {id} is not running (its VMM process is gone)")]
+    NotRunning { id: String },
+    #[error("vm {id}: agent connection failed")]
+    Client {
+        id: String,
+        #[source]
+        source: hearth_client::ClientError,
+    },
+}
+
+impl VmmError {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The QEMU `microvm` and `vhost-device-vsock` argument vectors, as pure functions.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use super::Accel;
+
+/// Kernel command line every boot gets (see VM-NOTES: the timer flags keep TCG boots
+/// from hanging on a loaded host).
+pub const BASE_KERNEL_CMDLINE: &str =
+    "console=ttyS0 panic=-1 tsc_early_khz=2000000 lpj=8000000 no_timer_check quiet";
+
+/// Everything the QEMU argv depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuArgs {
+    pub accel: Accel,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    pub kernel: PathBuf,
+    /// `None` boots the kernel alone (the KVM probe does this).
+    pub initrd: Option<PathBuf>,
+    /// Appended after [`BASE_KERNEL_CMDLINE`].
+    pub cmdline_extra: String,
+    pub console_log: PathBuf,
+    /// The vhost-user socket served by vhost-device-vsock; `None` for no vsock.
+    pub vhost_socket: Option<PathBuf>,
+}
+
+fn os(s: impl Into<OsString>) -> OsString {
+    s.into()
+}
+
+fn path_arg(prefix: &str, p: &Path) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(p.as_os_str());
+    s
+}
+
+/// The full kernel command line.
+pub fn kernel_cmdline(extra: &str) -> String {
+    let extra = extra.trim();
+    if extra.is_empty() {
+        BASE_KERNEL_CMDLINE.to_string()
+    } else {
+        format!("{BASE_KERNEL_CMDLINE} {extra}")
+    }
+}
+
+/// QEMU's argv (without the program name).
+pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec![
+        os("-M"),
+        os("microvm,pit=on,pic=on,rtc=on,memory-backend=mem"),
+        os("-object"),
+        os(format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            a.mem_mib
+        )),
+        os("-m"),
+        os(format!("{}", a.mem_mib)),
+        os("-smp"),
+        os(format!("{}", a.cpus)),
+    ];
+    match a.accel {
+        Accel::Kvm => v.extend([os("-accel"), os("kvm"), os("-cpu"), os("host")]),
+        Accel::Tcg => v.extend([os("-accel"), os("tcg"), os("-cpu"), os("max")]),
+    }
+    v.extend([
+        os("-nodefaults"),
+        os("-no-user-config"),
+        os("-nographic"),
+        os("-no-reboot"),
+        os("-serial"),
+        path_arg("file:", &a.console_log),
+        os("-kernel"),
+        os(a.kernel.as_os_str()),
+    ]);
+    if let Some(initrd) = &a.initrd {
+        v.extend([os("-initrd"), os(initrd.as_os_str())]);
+    }
+    v.extend([os("-append"), os(kernel_cmdline(&a.cmdline_extra))]);
+    if let Some(sock) = &a.vhost_socket {
+        v.extend([
+            os("-chardev"),
+            path_arg("socket,id=vs,path=", sock),
+            os("-device"),
+            os("vhost-user-vsock-device,chardev=vs"),
+        ]);
+    }
+    v
+}
+
+/// vhost-device-vsock's argv: one VM, guest CID 3, the vhost-user socket for QEMU and
+/// the Firecracker-style hybrid socket for the host.
+pub fn vhost_argv(vhost_socket: &Path, uds_path: &Path) -> Vec<OsString> {
+    let mut spec = OsString::from("guest-cid=3,socket=");
+    spec.push(vhost_socket.as_os_str());
+    spec.push(",uds-path=");
+    spec.push(uds_path.as_os_str());
+    vec![os("--vm"), spec]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> QemuArgs {
+        QemuArgs {
+            accel: Accel::Tcg,
+            cpus: 2,
+            mem_mib: 256,
+            kernel: "/boot/vmlinuz".into(),
+            initrd: Some("/cache/initrd.cpio.gz".into()),
+            cmdline_extra: "hearth.debug=1".into(),
+            console_log: "/vm/console.log".into(),
+            vhost_socket: Some("/vm/vhost.sock".into()),
+        }
+    }
+
+    fn strs(v: &[OsString]) -> Vec<String> {
+        v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    fn value_after(v: &[String], flag: &str) -> Vec<String> {
+        v.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_argv_has_shared_memory_sizes_cpus_and_vsock() {
+        let v = strs(&qemu_argv(&args()));
+        assert_eq!(
+            value_after(&v, "-M"),
+            ["microvm,pit=on,pic=on,rtc=on,memory-backend=mem"]
+        );
+        assert_eq!(
+            value_after(&v, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(value_after(&v, "-m"), ["256"]);
+        assert_eq!(value_after(&v, "-smp"), ["2"]);
+        assert_eq!(value_after(&v, "-accel"), ["tcg"]);
+        assert_eq!(value_after(&v, "-cpu"), ["max"]);
+        assert_eq!(value_after(&v, "-serial"), ["file:/vm/console.log"]);
+        assert_eq!(value_after(&v, "-kernel"), ["/boot/vmlinuz"]);
+        assert_eq!(value_after(&v, "-initrd"), ["/cache/initrd.cpio.gz"]);
+        assert_eq!(
+            value_after(&v, "-chardev"),
+            ["socket,id=vs,path=/vm/vhost.sock"]
+        );
+        assert_eq!(
+            value_after(&v, "-device"),
+            ["vhost-user-vsock-device,chardev=vs"]
+        );
+        for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+            assert!(v.iter().any(|a| a == flag), "missing {flag}");
+        }
+        let append = value_after(&v, "-append");
+        assert_eq!(append.len(), 1);
+        for word in [
+            "console=ttyS0",
+            "panic=-1",
+            "tsc_early_khz=2000000",
+            "lpj=8000000",
+            "no_timer_check",
+            "hearth.debug=1",
+        ] {
+            assert!(
+                append[0].split(' ').any(|w| w == word),
+                "cmdline lacks {word}: {}",
+                append[0]
+            );
+        }
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu_and_probe_boot_has_no_initrd_or_vsock() {
+        let mut a = args();
+        a.accel = Accel::Kvm;
+        a.initrd = None;
+        a.vhost_socket = None;
+        let v = strs(&qemu_argv(&a));
+        assert_eq!(value_after(&v, "-accel"), ["kvm"]);
+        assert_eq!(value_after(&v, "-cpu"), ["host"]);
+        assert!(!v
+            .iter()
+            .any(|x| x == "-initrd" || x == "-chardev" || x == "-device"));
+    }
+
+    #[test]
+    fn empty_extra_leaves_base_cmdline() {
+        assert_eq!(kernel_cmdline("  "), BASE_KERNEL_CMDLINE);
+    }
+
+    #[test]
+    fn vhost_argv_names_both_sockets() {
+        let v = strs(&vhost_argv(
+            Path::new("/d/vhost.sock"),
+            Path::new("/d/vsock.sock"),
+        ));
+        assert_eq!(
+            v,
+            [
+                "--vm",
+                "guest-cid=3,socket=/d/vhost.sock,uds-path=/d/vsock.sock"
+            ]
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Finding the helper programs and spawning them detached from the CLI.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::VmmError;
+use crate::process::ProcessId;
+
+/// `name` on `PATH`, then in the extra directories.
+pub fn find_program(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra_dirs.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// vhost-device-vsock: `HEARTH_VHOST_VSOCK`, `PATH`, then `~/.cargo/bin`.
+pub fn find_vhost() -> Result<PathBuf, VmmError> {
+    if let Some(p) = std::env::var_os("HEARTH_VHOST_VSOCK") {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(VmmError::VhostNotFound)
+        };
+    }
+    let mut extra = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        extra.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    extra.push(PathBuf::from("/root/.cargo/bin"));
+    find_program("vhost-device-vsock", &extra).ok_or(VmmError::VhostNotFound)
+}
+
+/// QEMU: `HEARTH_QEMU` or `qemu-system-x86_64` on `PATH`.
+pub fn find_qemu() -> Result<PathBuf, VmmError> {
+    if let Some(p) = std::env::var_os("HEARTH_QEMU") {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(VmmError::QemuNotFound(p.display().to_string()))
+        };
+    }
+    find_program("qemu-system-x86_64", &[])
+        .ok_or_else(|| VmmError::QemuNotFound("qemu-system-x86_64".into()))
+}
+
+/// Starts `program` in its own session with stdin from /dev/null and stdout+stderr
+/// appended to `log`, so it outlives the CLI and never touches its terminal.
+pub fn spawn_detached(
+    program: &Path,
+    argv: &[OsString],
+    log: &Path,
+) -> Result<(std::process::Child, ProcessId), VmmError> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| VmmError::io("cannot open log file", log, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| VmmError::io("cannot open log file", log, e))?;
+    let mut cmd = Command::new(program);
+    cmd.args(argv).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| VmmError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
+    let id = ProcessId::of_child(child.id()).ok_or_else(|| VmmError::Spawn {
+        program: program.display().to_string(),
+        source: std::io::Error::other("exited before its start time could be read"),
+    })?;
+    Ok((child, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sh_on_path_and_not_a_missing_program() {
+        assert!(find_program("sh", &[]).is_some());
+        assert!(find_program("hearth-no-such-program", &[]).is_none());
+    }
+
+    #[tokio::test]
+    async fn detached_child_is_in_its_own_session_and_logs_to_file() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("out.log");
+        let (_child, id) = spawn_detached(
+            Path::new("/bin/sh"),
+            &["-c".into(), "echo hi; echo err >&2; sleep 30".into()],
+            &log,
+        )
+        .unwrap();
+        assert!(id.is_alive());
+        let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(id.pid as i32))).unwrap();
+        assert_eq!(
+            sid.as_raw() as u32,
+            id.pid,
+            "child must lead its own session"
+        );
+        for _ in 0..100 {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            if t.contains("hi") && t.contains("err") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let t = std::fs::read_to_string(&log).unwrap();
+        assert!(t.contains("hi") && t.contains("err"), "log: {t:?}");
+        assert!(id.terminate(std::time::Duration::from_secs(2)).await);
+    }
+}

@@ -1,0 +1,305 @@
+//! QEMU `microvm` backend with vsock served by `vhost-device-vsock`.
+//!
+//! Per VM directory: `vhost.sock` (vhost-user, QEMU ↔ vhost-device-vsock),
+//! `vsock.sock` (Firecracker-style hybrid socket for the host), `console.log`,
+//! `qemu.log`, `vhost.log`, `qemu.pid`, `vhost.pid`.
+
+pub mod cmdline;
+pub mod kvm;
+pub mod launch;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hearth_client::{Client, ConnectOptions, Endpoint};
+use hearth_proto::{pb, AGENT_VSOCK_PORT};
+use serde::{Deserialize, Serialize};
+
+use crate::console::tail_lines;
+use crate::error::VmmError;
+use crate::process::ProcessId;
+use crate::sandbox::{ExecRequest, Network, Sandbox, SandboxConfig, SandboxFactory};
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lines of console shown when a boot fails.
+pub const CONSOLE_TAIL_LINES: usize = 20;
+/// How long vhost-device-vsock may take to create its socket.
+const VHOST_SOCKET_WAIT: Duration = Duration::from_secs(10);
+
+/// File names inside a VM directory.
+pub mod files {
+    pub const VHOST_SOCK: &str = "vhost.sock";
+    pub const VSOCK_SOCK: &str = "vsock.sock";
+    pub const CONSOLE_LOG: &str = "console.log";
+    pub const QEMU_LOG: &str = "qemu.log";
+    pub const VHOST_LOG: &str = "vhost.log";
+    pub const QEMU_PID: &str = "qemu.pid";
+    pub const VHOST_PID: &str = "vhost.pid";
+}
+
+/// Everything needed to find a running VM again from another process: it is
+/// stored in the state DB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmHandle {
+    pub id: String,
+    pub dir: PathBuf,
+    pub accel: Accel,
+    pub qemu: ProcessId,
+    pub vhost: ProcessId,
+}
+
+impl VmHandle {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::Hybrid {
+            path: self.dir.join(files::VSOCK_SOCK),
+            port: AGENT_VSOCK_PORT,
+        }
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join(files::CONSOLE_LOG)
+    }
+
+    /// The VM runs while its QEMU process does.
+    pub fn is_running(&self) -> bool {
+        self.qemu.is_alive()
+    }
+
+    /// Connects to the agent (waits for READY).
+    pub async fn connect(&self, timeout: Duration) -> Result<Client, VmmError> {
+        if !self.is_running() {
+            return Err(VmmError::NotRunning {
+                id: self.id.clone(),
+            });
+        }
+        let opts = ConnectOptions {
+            timeout,
+            ..Default::default()
+        };
+        Client::connect(&self.endpoint(), &opts)
+            .await
+            .map_err(|source| VmmError::Client {
+                id: self.id.clone(),
+                source,
+            })
+    }
+
+    /// Asks the guest to power off, waits for QEMU to exit (bounded), then makes
+    /// sure QEMU and vhost-device-vsock are gone, signalling only our own pids.
+    pub async fn stop(&self, graceful: Duration) -> Result<(), VmmError> {
+        if self.qemu.is_alive() {
+            let asked = match self.connect(Duration::from_secs(3)).await {
+                Ok(client) => client.shutdown().await.is_ok(),
+                Err(e) => {
+                    tracing::debug!(id = %self.id, error = %e, "no agent to ask for shutdown");
+                    false
+                }
+            };
+            if !(asked && self.qemu.wait_gone(graceful).await) {
+                self.qemu.terminate(Duration::from_secs(3)).await;
+            }
+        }
+        self.vhost.terminate(Duration::from_secs(2)).await;
+        for f in [files::VSOCK_SOCK, files::VHOST_SOCK] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        Ok(())
+    }
+
+    /// Kills both processes at once (no shutdown request).
+    pub async fn kill(&self) {
+        self.qemu.terminate(Duration::from_millis(500)).await;
+        self.vhost.terminate(Duration::from_millis(500)).await;
+    }
+}
+
+/// Makes QEMU microvm sandboxes.
+#[derive(Debug, Clone)]
+pub struct QemuFactory {
+    pub qemu: PathBuf,
+    pub vhost: PathBuf,
+    pub accel: Accel,
+}
+
+impl QemuFactory {
+    /// Finds the programs and decides the accelerator (probe cached in `cache_dir`).
+    pub async fn detect(kernel: &Path, cache_dir: &Path) -> Result<Self, VmmError> {
+        let qemu = launch::find_qemu()?;
+        let vhost = launch::find_vhost()?;
+        let accel = kvm::choose_accel(&qemu, kernel, cache_dir).await?;
+        Ok(Self { qemu, vhost, accel })
+    }
+
+    /// Boots a VM; on any failure everything started here is killed again.
+    pub async fn boot(&self, cfg: &SandboxConfig) -> Result<(VmHandle, Client), VmmError> {
+        cfg.validate()?;
+        match cfg.network {
+            Network::None => {}
+        }
+        let dir = &cfg.dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VmmError::io("cannot create vm directory", dir, e))?;
+        for f in [files::VHOST_SOCK, files::VSOCK_SOCK, files::CONSOLE_LOG] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let vhost_sock = dir.join(files::VHOST_SOCK);
+        let vsock_sock = dir.join(files::VSOCK_SOCK);
+        let vhost_log = dir.join(files::VHOST_LOG);
+        let (mut vchild, vhost) = launch::spawn_detached(
+            &self.vhost,
+            &cmdline::vhost_argv(&vhost_sock, &vsock_sock),
+            &vhost_log,
+        )?;
+        write_pid(&dir.join(files::VHOST_PID), vhost);
+        let deadline = Instant::now() + VHOST_SOCKET_WAIT;
+        while !vhost_sock.exists() {
+            let exited = matches!(vchild.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() >= deadline {
+                vhost.terminate(Duration::from_millis(500)).await;
+                let _ = vchild.try_wait();
+                let log = tail_lines(&vhost_log, 10);
+                return Err(VmmError::VhostTimeout {
+                    socket: vhost_sock,
+                    secs: VHOST_SOCKET_WAIT.as_secs(),
+                    log: if log.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its log:\n{log}")
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Detached: nobody waits on it from here on; a zombie counts as dead.
+        drop(vchild);
+
+        let args = cmdline::QemuArgs {
+            accel: self.accel,
+            cpus: cfg.cpus,
+            mem_mib: cfg.mem_mib,
+            kernel: cfg.kernel.clone(),
+            initrd: Some(cfg.initrd.clone()),
+            cmdline_extra: cfg.cmdline_extra.clone(),
+            console_log: dir.join(files::CONSOLE_LOG),
+            vhost_socket: Some(vhost_sock),
+        };
+        let qemu_log = dir.join(files::QEMU_LOG);
+        let (mut qchild, qemu) =
+            match launch::spawn_detached(&self.qemu, &cmdline::qemu_argv(&args), &qemu_log) {
+                Ok(x) => x,
+                Err(e) => {
+                    vhost.terminate(Duration::from_secs(1)).await;
+                    return Err(e);
+                }
+            };
+        write_pid(&dir.join(files::QEMU_PID), qemu);
+        let handle = VmHandle {
+            id: cfg.id.clone(),
+            dir: dir.clone(),
+            accel: self.accel,
+            qemu,
+            vhost,
+        };
+        tracing::info!(id = %cfg.id, accel = %self.accel, qemu = qemu.pid, vhost = vhost.pid, "vm started");
+
+        let opts = ConnectOptions {
+            timeout: cfg.boot_timeout,
+            ..Default::default()
+        };
+        let endpoint = handle.endpoint();
+        let connect = Client::connect(&endpoint, &opts);
+        tokio::pin!(connect);
+        let outcome: Result<Client, String> = loop {
+            tokio::select! {
+                r = &mut connect => break r.map_err(|e| format!("{e}")),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if matches!(qchild.try_wait(), Ok(Some(_))) || !qemu.is_alive() {
+                        let qlog = tail_lines(&qemu_log, 5);
+                        break Err(if qlog.is_empty() {
+                            "qemu exited during boot".to_string()
+                        } else {
+                            format!("qemu exited during boot: {qlog}")
+                        });
+                    }
+                }
+            }
+        };
+        drop(qchild);
+        match outcome {
+            Ok(client) => Ok((handle, client)),
+            Err(reason) => {
+                handle.kill().await;
+                Err(VmmError::BootFailed {
+                    id: cfg.id.clone(),
+                    reason,
+                    console_path: handle.console_log().display().to_string(),
+                    console: tail_lines(&handle.console_log(), CONSOLE_TAIL_LINES),
+                })
+            }
+        }
+    }
+}
+
+fn write_pid(path: &Path, id: ProcessId) {
+    // Informational only (the DB is the source of truth); failure is logged.
+    if let Err(e) = std::fs::write(path, format!("{} {}\n", id.pid, id.start_time)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write pid file");
+    }
+}
+
+/// A booted QEMU VM with a live agent connection.
+pub struct QemuSandbox {
+    pub handle: VmHandle,
+    pub client: Client,
+}
+
+impl Sandbox for QemuSandbox {
+    fn id(&self) -> &str {
+        &self.handle.id
+    }
+
+    async fn exec(&self, req: ExecRequest) -> Result<pb::ExecResult, VmmError> {
+        self.client
+            .exec(req.to_pb())
+            .await
+            .map_err(|source| VmmError::Client {
+                id: self.handle.id.clone(),
+                source,
+            })
+    }
+
+    async fn stop(&self) -> Result<(), VmmError> {
+        self.handle.stop(Duration::from_secs(10)).await
+    }
+}
+
+impl SandboxFactory for QemuFactory {
+    type Sandbox = QemuSandbox;
+
+    async fn create(&self, config: SandboxConfig) -> Result<QemuSandbox, VmmError> {
+        let (handle, client) = self.boot(&config).await?;
+        Ok(QemuSandbox { handle, client })
+    }
+}

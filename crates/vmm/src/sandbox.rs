@@ -1,0 +1,171 @@
+//! The backend-independent sandbox interface.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_proto::pb;
+
+use crate::error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
+
+/// Guest networking. Only `None` exists so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    None,
+}
+
+/// What a sandbox is made of. Built at the edge (CLI, API) and validated before boot.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub id: String,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel command line words, after the backend's own.
+    pub cmdline_extra: String,
+    pub network: Network,
+    /// Directory owned by this sandbox (sockets, console log, pid files).
+    pub dir: PathBuf,
+    /// How long to wait for the agent's READY after the VMM starts.
+    pub boot_timeout: Duration,
+}
+
+impl SandboxConfig {
+    /// Checks what can be checked without booting.
+    pub fn validate(&self) -> Result<(), VmmError> {
+        if self.mem_mib < MIN_MEM_MIB {
+            return Err(VmmError::MemoryTooSmall {
+                mem_mib: self.mem_mib,
+                min: MIN_MEM_MIB,
+            });
+        }
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(VmmError::BadCpuCount {
+                cpus: self.cpus,
+                max: MAX_CPUS,
+            });
+        }
+        if !self.kernel.is_file() {
+            return Err(VmmError::KernelMissing(self.kernel.clone()));
+        }
+        if !self.initrd.is_file() {
+            return Err(VmmError::InitrdMissing(self.initrd.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A one-shot command for [`Sandbox::exec`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub stdin: Vec<u8>,
+    pub timeout: Option<Duration>,
+}
+
+impl ExecRequest {
+    pub fn to_pb(&self) -> pb::Exec {
+        pb::Exec {
+            argv: self.argv.clone(),
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| pb::EnvVar {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            cwd: self.cwd.clone().unwrap_or_default(),
+            stdin: self.stdin.clone().into(),
+            timeout_ms: self
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            ..Default::default()
+        }
+    }
+}
+
+/// A running sandbox.
+pub trait Sandbox: Send + Sync {
+    fn id(&self) -> &str;
+    /// Runs one command to completion and returns its collected output.
+    fn exec(
+        &self,
+        req: ExecRequest,
+    ) -> impl Future<Output = Result<pb::ExecResult, VmmError>> + Send;
+    /// Asks the guest to power off, then makes sure every VMM process is gone.
+    fn stop(&self) -> impl Future<Output = Result<(), VmmError>> + Send;
+}
+
+/// Makes sandboxes of one backend.
+pub trait SandboxFactory: Send + Sync {
+    type Sandbox: Sandbox;
+    /// Boots a sandbox and returns once its agent answered READY.
+    fn create(
+        &self,
+        config: SandboxConfig,
+    ) -> impl Future<Output = Result<Self::Sandbox, VmmError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path) -> SandboxConfig {
+        let kernel = dir.join("k");
+        let initrd = dir.join("i");
+        std::fs::write(&kernel, b"k").unwrap();
+        std::fs::write(&initrd, b"i").unwrap();
+        SandboxConfig {
+            id: "t".into(),
+            cpus: 1,
+            mem_mib: 256,
+            kernel,
+            initrd,
+            cmdline_extra: String::new(),
+            network: Network::None,
+            dir: dir.into(),
+            boot_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn validate_rejects_small_memory_bad_cpus_and_missing_files() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(cfg(d.path()).validate().is_ok());
+        let mut c = cfg(d.path());
+        c.mem_mib = 16;
+        assert!(matches!(
+            c.validate(),
+            Err(VmmError::MemoryTooSmall { mem_mib: 16, .. })
+        ));
+        let mut c = cfg(d.path());
+        c.cpus = 0;
+        assert!(matches!(c.validate(), Err(VmmError::BadCpuCount { .. })));
+        let mut c = cfg(d.path());
+        c.kernel = "/nonexistent/kernel".into();
+        assert!(matches!(c.validate(), Err(VmmError::KernelMissing(_))));
+        let mut c = cfg(d.path());
+        c.initrd = "/nonexistent/initrd".into();
+        assert!(matches!(c.validate(), Err(VmmError::InitrdMissing(_))));
+    }
+
+    #[test]
+    fn exec_request_maps_timeout_and_env() {
+        let r = ExecRequest {
+            argv: vec!["true".into()],
+            env: vec![("A".into(), "1".into())],
+            timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let p = r.to_pb();
+        assert_eq!(p.timeout_ms, 2000);
+        assert_eq!(p.env[0].key, "A");
+        assert_eq!(p.cwd, "");
+    }
+}
