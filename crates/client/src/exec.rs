@@ -277,6 +277,15 @@ pub fn exit_code(outcome: Option<&pb::ExecOutcome>) -> i32 {
     }
 }
 
+/// The text for a guest errno, e.g. `No such file or directory`.
+pub fn errno_text(errno: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(errno).to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 /// A one-line description of an outcome, e.g. `exited with code 3`.
 pub fn describe_outcome(outcome: Option<&pb::ExecOutcome>) -> String {
     use pb::exec_outcome::Kind;
@@ -295,7 +304,7 @@ pub fn describe_outcome(outcome: Option<&pb::ExecOutcome>) -> String {
             format!(
                 "never started: {kind}, errno {} ({}): {}",
                 n.errno,
-                std::io::Error::from_raw_os_error(n.errno),
+                errno_text(n.errno),
                 n.message
             )
         }

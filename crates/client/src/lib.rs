@@ -26,6 +26,7 @@ pub use conn::{Client, ConnectOptions};
 pub use endpoint::Endpoint;
 pub use error::ClientError;
 pub use exec::{
-    describe_outcome, exit_code, ExecControl, ExecEvent, ExecHandle, DEFAULT_EXEC_WINDOW,
+    describe_outcome, errno_text, exit_code, ExecControl, ExecEvent, ExecHandle,
+    DEFAULT_EXEC_WINDOW,
 };
 pub use hearth_proto::pb;

@@ -22,6 +22,7 @@ impl Client {
         let deadline = Instant::now() + opts.timeout;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;
+        let mut previous: Option<ClientError> = None;
         loop {
             attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -33,17 +34,23 @@ impl Client {
                 Ok(Ok(c)) => return Ok(c),
                 Ok(Err(e)) if e.is_retryable() => e,
                 Ok(Err(e)) => return Err(e),
-                Err(_) => ClientError::ReadyTimeout { timeout: left },
+                // An attempt cut short by the deadline says less than the
+                // previous attempt's error (e.g. "not listening").
+                Err(_) => match previous.take() {
+                    Some(e) if left < FIRST_BACKOFF => e,
+                    _ => ClientError::ReadyTimeout { timeout: left },
+                },
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ClientError::ConnectTimeout {
                     endpoint: ep.to_string(),
                     timeout: opts.timeout,
-                    last: format!("{err} (after {attempt} attempts)"),
+                    last: format!("{} (after {attempt} attempts)", chain(&err)),
                 });
             }
             debug!(endpoint = %ep, attempt, error = %err, "retrying connect");
+            previous = Some(err);
             tokio::time::sleep(backoff.min(left)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -88,4 +95,16 @@ async fn connect_once(ep: &Endpoint, opts: &ConnectOptions) -> Result<Client, Cl
             Client::from_stream(s, opts).await
         }
     }
+}
+
+/// An error and its sources, joined with `: `.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }

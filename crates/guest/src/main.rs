@@ -4,17 +4,24 @@
 //! - [`init`]: the PID-1 role (mounts, modules, root pivot, reaping, power off).
 //! - [`agent`]: the agent role — serves the wire protocol (docs/protocol.md) on
 //!   vsock or a Unix socket: exec sessions, files, system info, shutdown.
+//! - [`bench_roles`]: benchmark baselines (`poweroff` as PID 1, `vsock-echo`).
 //!
-//! Role selection: `hearth-guest init` or running as PID 1 → init;
-//! `hearth-guest agent [...]` → agent.
+//! Role selection: PID 1 named `poweroff` → power off at once (benchmark
+//! baseline); `hearth-guest init` or running as PID 1 → init;
+//! `hearth-guest agent [...]` → agent; `hearth-guest vsock-echo --port N` → echo.
 
 mod agent;
+mod bench_roles;
 mod init;
 
 fn main() {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
     let role = args.next();
     let is_pid1 = std::process::id() == 1;
+    if is_pid1 && bench_roles::is_poweroff_name(&argv0) {
+        bench_roles::poweroff();
+    }
     match role.as_deref().and_then(|r| r.to_str()) {
         Some("init") => init::run(),
         _ if is_pid1 => init::run(),
@@ -25,8 +32,15 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some("vsock-echo") => {
+            let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+            if let Err(e) = bench_roles::vsock_echo(&rest) {
+                eprintln!("hearth-guest vsock-echo: {e:#}");
+                std::process::exit(1);
+            }
+        }
         _ => {
-            eprintln!("usage: hearth-guest init | hearth-guest agent [--unix-socket PATH] [--vsock-port N] [--max-frame-len N]");
+            eprintln!("usage: hearth-guest init | hearth-guest agent [--unix-socket PATH] [--vsock-port N] [--max-frame-len N] | hearth-guest vsock-echo --port N");
             std::process::exit(2);
         }
     }

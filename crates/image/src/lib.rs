@@ -15,7 +15,9 @@ pub mod rootfs;
 
 use std::path::PathBuf;
 
-pub use initramfs::{build_cached, BuiltImage, InitramfsSpec, DEFAULT_MODULES};
+pub use initramfs::{
+    build_cached, build_cached_with, BuiltImage, Compression, InitramfsSpec, DEFAULT_MODULES,
+};
 pub use kernel::{find_kernel, KernelInfo};
 
 /// Errors from building guest images.

@@ -124,13 +124,13 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         exit.outcome.as_ref().and_then(|o| o.kind.as_ref())
     {
         eprintln!(
-            "hearth: {:?} never started: {} (errno {}: {}){}",
+            "hearth: {:?} never started: {}, errno {} ({}){}",
             args.cmd[0],
             pb::SpawnErrorKind::try_from(n.kind)
-                .map(|k| k.as_str_name())
-                .unwrap_or("SPAWN_ERROR_KIND_OTHER"),
+                .map(|k| k.as_str_name().trim_start_matches("SPAWN_ERROR_KIND_"))
+                .unwrap_or("OTHER"),
             n.errno,
-            std::io::Error::from_raw_os_error(n.errno),
+            hearth_client::errno_text(n.errno),
             if n.message.is_empty() {
                 String::new()
             } else {

@@ -294,7 +294,7 @@ async fn start_session(req: pb::ExecStart, seq: u32, writer: &Writer, routes: &R
         req.user.as_ref(),
         req.clear_env,
     )
-    .and_then(|spec| exec::spawn(&spec));
+    .and_then(|spec| exec::spawn(&spec, req.stdin_open || !req.stdin.is_empty()));
     let spawned = match spawned {
         Ok(s) => s,
         Err(ns) => {

@@ -6,14 +6,15 @@
 //! `never_started` with the errno and a kind.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Instant;
 
 use hearth_proto::pb;
 use hearth_proto::pb::SpawnErrorKind as Kind;
 
+use super::spawn;
 use super::user::{self, Identity};
 
 /// Pipe buffer we ask for on the child's stdout/stderr (best-effort).
@@ -30,10 +31,13 @@ pub struct Spec {
 
 /// A running child with the agent's ends of its pipes.
 pub struct Spawned {
-    pub child: tokio::process::Child,
     /// Pid, which is also the process group id.
     pub pid: i32,
-    pub stdin: Option<tokio::process::ChildStdin>,
+    /// Readable once the child has exited; it is then reaped with `waitpid`.
+    pub pidfd: OwnedFd,
+    /// Non-blocking write end, when the caller asked to feed stdin; otherwise
+    /// the child's stdin is already at end of file.
+    pub stdin: Option<OwnedFd>,
     /// Non-blocking read ends.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -142,74 +146,120 @@ pub fn prepare(
     })
 }
 
-/// Spawns `spec` with piped stdio.
-pub fn spawn(spec: &Spec) -> Result<Spawned, pb::NeverStarted> {
-    let mut cmd = tokio::process::Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    let uid = spec.identity.uid;
-    let gid = spec.identity.gid;
-    // SAFETY: geteuid has no preconditions.
-    let is_root = unsafe { libc::geteuid() } == 0;
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (open/write/close, setsid, sigaction,
-    // sigprocmask, setgroups/setgid/setuid, close_range); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || child_setup(uid, gid, is_root));
-    }
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
+/// Spawns `spec` with piped stdio (see [`spawn`](super::spawn) for how).
+pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted> {
+    let os = |e: io::Error| {
         let errno = e.raw_os_error().unwrap_or(0);
         never_started(
             kind_for_errno(errno),
             errno,
             format!("{}: {e}", spec.argv[0]),
         )
+    };
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let mut plan = spawn::Plan::new(
+        &spec.argv,
+        &spec.env,
+        &spec.cwd,
+        spec.identity.uid,
+        spec.identity.gid,
+        is_root && spec.identity.uid.is_some(),
+    )
+    .map_err(|e| never_started(Kind::InvalidArgument, libc::EINVAL, e.to_string()))?;
+    // Without stdin to feed, the child reads /dev/null: end of file at once,
+    // like a pipe whose write end is closed, for one fewer pipe.
+    let null = if want_stdin { None } else { dev_null() };
+    let (in_pipe_r, in_w) = match null {
+        Some(_) => (None, None),
+        None => pipe().map(|(r, w)| (Some(r), Some(w))).map_err(os)?,
+    };
+    let Some(in_r) = in_pipe_r.as_ref().or(null) else {
+        return Err(never_started(Kind::Other, 0, "no stdin for the child"));
+    };
+    let (out_r, out_w) = pipe().map_err(os)?;
+    let (err_r, err_w) = pipe().map_err(os)?;
+    let started = Instant::now();
+    let child = spawn::start(&mut plan, &in_r, &out_w, &err_w).map_err(|e| {
+        let msg = io::Error::from_raw_os_error(e.errno);
+        match e.stage {
+            spawn::Stage::Chdir => never_started(
+                Kind::BadCwd,
+                e.errno,
+                format!("cwd {}: {msg}", spec.cwd.display()),
+            ),
+            spawn::Stage::Credentials => never_started(
+                Kind::BadUser,
+                e.errno,
+                format!(
+                    "switching to uid {:?} gid {:?}: {msg}",
+                    spec.identity.uid, spec.identity.gid
+                ),
+            ),
+            spawn::Stage::Exec | spawn::Stage::Stdio | spawn::Stage::Setsid => never_started(
+                kind_for_errno(e.errno),
+                e.errno,
+                format!("{}: {msg}", spec.argv[0]),
+            ),
+        }
     })?;
-    let pid = child.id().unwrap_or(0) as i32;
-    let stdin = child.stdin.take();
-    let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
-        (Some(o), Some(e)) => (o.into_owned_fd(), e.into_owned_fd()),
-        _ => {
-            return Err(never_started(Kind::Other, 0, "child pipes are missing"));
-        }
-    };
-    let prep = |r: io::Result<OwnedFd>| -> Result<OwnedFd, pb::NeverStarted> {
-        let fd = r.map_err(|e| {
-            never_started(Kind::Other, e.raw_os_error().unwrap_or(0), e.to_string())
-        })?;
-        set_nonblocking(&fd).map_err(|e| {
-            never_started(Kind::Other, e.raw_os_error().unwrap_or(0), e.to_string())
-        })?;
-        // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure only means a smaller pipe.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        Ok(fd)
-    };
-    let (stdout, stderr) = match (prep(stdout), prep(stderr)) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(ns), _) | (_, Err(ns)) => {
-            signal_group(pid, libc::SIGKILL);
-            return Err(ns);
-        }
-    };
+    drop((in_pipe_r, out_w, err_w));
+    // The output pipes grow to PIPE_SIZE only once a child writes a lot
+    // (see `grow_pipe`), so short commands do not pay for it.
+    let stdin = if want_stdin { in_w } else { None };
+    let prepared = set_nonblocking(&out_r)
+        .and_then(|()| set_nonblocking(&err_r))
+        .and_then(|()| stdin.as_ref().map_or(Ok(()), set_nonblocking));
+    if let Err(e) = prepared {
+        signal_group(child.pid, libc::SIGKILL);
+        let _ = spawn::reap(child.pid, 0);
+        return Err(never_started(
+            Kind::Other,
+            e.raw_os_error().unwrap_or(0),
+            e.to_string(),
+        ));
+    }
     Ok(Spawned {
-        child,
-        pid,
+        pid: child.pid,
+        pidfd: child.pidfd,
         stdin,
-        stdout,
-        stderr,
+        stdout: out_r,
+        stderr: err_r,
         started,
     })
 }
 
+/// Asks for a bigger pipe behind `fd` (best-effort), for children that write a lot.
+pub fn grow_pipe(fd: &impl AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure only means a smaller pipe.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+}
+
+/// `/dev/null` opened once for reading (shared by every child's stdin);
+/// `None` if it cannot be opened.
+fn dev_null() -> Option<&'static OwnedFd> {
+    static NULL: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| {
+        let f = std::fs::File::open("/dev/null").ok()?;
+        spawn::above_stdio(OwnedFd::from(f)).ok()
+    })
+    .as_ref()
+}
+
+/// A close-on-exec pipe whose ends are both above stdio.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh fds that we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((spawn::above_stdio(r)?, spawn::above_stdio(w)?))
+}
+
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
+    // SAFETY: fcntl on an fd we own; a pipe end has no other status flags to keep.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if flags < 0 {
         return Err(io::Error::last_os_error());
@@ -217,83 +267,6 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: as above.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The kernel's `struct sigaction` for `rt_sigaction(2)` on architectures
-/// with `sa_restorer` (x86_64, aarch64); riscv64 has no `restorer`.
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    #[cfg(not(target_arch = "riscv64"))]
-    restorer: usize,
-    mask: u64,
-}
-
-/// Runs in the child between fork and exec. Only async-signal-safe calls.
-fn child_setup(uid: Option<u32>, gid: Option<u32>, is_root: bool) -> io::Result<()> {
-    // SAFETY (whole function): plain system calls on constant arguments or
-    // stack values; see the caller's comment on async-signal safety.
-    unsafe {
-        // Undo the agent's own -1000 (best-effort: /proc may be missing).
-        let fd = libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
-        if fd >= 0 {
-            libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-        }
-        if libc::setsid() < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The raw system call, because glibc's wrapper refuses its reserved
-        // signals (32, 33), and an ignored disposition survives exec.
-        let dfl = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            #[cfg(not(target_arch = "riscv64"))]
-            restorer: 0,
-            mask: 0,
-        };
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &dfl as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                );
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if let Some(g) = gid {
-            if is_root && uid.is_some() && libc::setgroups(1, &g) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setgid(g) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        if let Some(u) = uid {
-            if libc::setuid(u) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        // Nothing but stdio crosses exec (best-effort; needs Linux 5.11).
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
     }
     Ok(())
 }
@@ -379,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn missing_program_never_starts_with_enoent() {
         let spec = prepare(&["/nonexistent/prog".into()], &[], "", None, false).unwrap();
-        let ns = spawn(&spec)
+        let ns = spawn(&spec, false)
             .err()
             .expect("spawn of a missing program must fail");
         assert_eq!((ns.kind, ns.errno), (Kind::NotFound as i32, libc::ENOENT));

@@ -2,9 +2,11 @@
 //!
 //! - [`conn`]: one connection — reader, request dispatch, session routing.
 //! - [`writer`]: the connection's single writer task (bounded queues, pongs first).
-//! - [`exec`]: spawning a child (setsid, signals, oom score, user, env) and
-//!   decoding its outcome; [`session`] runs it (streaming with credit, timeout,
-//!   drain); [`oneshot`] is the collected `EXEC` variant.
+//! - [`exec`]: preparing a child (user, env, cwd, pipes) and decoding its
+//!   outcome; [`spawn`] starts it (vfork-style clone: setsid, signals, oom
+//!   score, credentials, exec); [`session`] runs it (streaming with credit,
+//!   timeout, drain) with output frames built in place by [`outbuf`];
+//!   [`oneshot`] is the collected `EXEC` variant.
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
@@ -17,7 +19,9 @@ mod file_read;
 mod file_write;
 mod files;
 mod oneshot;
+mod outbuf;
 mod session;
+mod spawn;
 mod sysinfo;
 mod user;
 mod writer;

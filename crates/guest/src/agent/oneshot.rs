@@ -49,7 +49,7 @@ async fn execute(req: pb::Exec, max_frame_len: u32) -> pb::ExecResult {
         Ok(s) => s,
         Err(ns) => return never(ns),
     };
-    let spawned = match exec::spawn(&spec) {
+    let spawned = match exec::spawn(&spec, !req.stdin.is_empty()) {
         Ok(s) => s,
         Err(ns) => return never(ns),
     };

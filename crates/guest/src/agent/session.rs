@@ -3,12 +3,13 @@
 //! (`EXEC`) execs; they differ only in the [`Sink`].
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hearth_proto::{pb, Message};
+use bytes::{Bytes, BytesMut};
+use hearth_proto::{pb, Message, MessageType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 
 use super::exec::{decode_status, signal_group, Spawned, Termination};
 use super::writer::Writer;
+use super::{outbuf, spawn};
 
 /// Grace between SIGTERM and SIGKILL on timeout.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -141,6 +143,8 @@ struct Stream {
     cap: u64,
     truncated: bool,
     is_stderr: bool,
+    /// The pipe was enlarged (see `GROW_AFTER`).
+    grown: bool,
 }
 
 impl Stream {
@@ -157,6 +161,7 @@ impl Stream {
             cap,
             truncated: false,
             is_stderr,
+            grown: false,
         })
     }
 
@@ -167,11 +172,22 @@ impl Stream {
 
 /// Writes the initial stdin, then forwards `EXEC_STDIN` frames until eof.
 fn spawn_stdin(
-    stdin: Option<tokio::process::ChildStdin>,
+    stdin: Option<OwnedFd>,
     initial: Bytes,
     more: Option<mpsc::Receiver<pb::StdinData>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let mut w = stdin?;
+    let fd = stdin?;
+    if initial.is_empty() && more.is_none() {
+        // Nothing to write: closing our end gives the child end of file.
+        return None;
+    }
+    let mut w = match tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!(error = %e, "registering the child's stdin failed");
+            return None;
+        }
+    };
     Some(tokio::spawn(async move {
         if !initial.is_empty() && w.write_all(&initial).await.is_err() {
             return;
@@ -188,6 +204,32 @@ fn spawn_stdin(
     }))
 }
 
+/// Waits until the child behind `pidfd` has exited, then reaps it.
+async fn wait_exit(pidfd: &AsyncFd<OwnedFd>, pid: i32) -> std::io::Result<ExitStatus> {
+    loop {
+        let mut guard = pidfd.readable().await?;
+        match spawn::reap(pid, libc::WNOHANG)? {
+            Some(st) => return Ok(st),
+            None => guard.clear_ready(),
+        }
+    }
+}
+
+fn never_registered(e: &std::io::Error, what: &str) -> Summary {
+    Summary {
+        outcome: pb::exec_outcome::Kind::NeverStarted(super::exec::never_started(
+            pb::SpawnErrorKind::Other,
+            e.raw_os_error().unwrap_or(0),
+            format!("registering {what}: {e}"),
+        )),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        stdout_truncated: false,
+        stderr_truncated: false,
+        duration_us: 0,
+    }
+}
+
 /// Runs the child to its end and returns the summary for the terminal frame.
 pub async fn run(
     sp: Spawned,
@@ -199,39 +241,39 @@ pub async fn run(
     chunk_max: usize,
 ) -> Summary {
     let Spawned {
-        mut child,
         pid,
+        pidfd,
         stdin,
         stdout,
         stderr,
         started,
     } = sp;
     let started = Instant::from_std(started);
-    let stdin_task = spawn_stdin(stdin, initial_stdin, stdin_rx);
-    let mut streams = match (
-        Stream::new(stdout, limits.max_stdout, false),
-        Stream::new(stderr, limits.max_stderr, true),
-    ) {
-        (Ok(o), Ok(e)) => [o, e],
-        (Err(e), _) | (_, Err(e)) => {
-            // Without a reactor registration we cannot read; do not leave the child behind.
-            tracing::error!(error = %e, "registering child pipes failed");
+    // SAFETY: the pidfd is moved into the AsyncFd, so it stays open and names
+    // the same child for the AsyncFd's whole life.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .and_then(|p| {
+                Ok((
+                    p,
+                    Stream::new(stdout, limits.max_stdout, false)?,
+                    Stream::new(stderr, limits.max_stderr, true)?,
+                ))
+            });
+    let (pidfd, mut streams) = match registered {
+        Ok((p, o, e)) => (p, [o, e]),
+        Err(e) => {
+            // Without a reactor registration we cannot read or wait; do not
+            // leave the child behind.
+            tracing::error!(error = %e, "registering the child's descriptors failed");
             signal_group(pid, libc::SIGKILL);
-            let _ = child.wait().await;
-            return Summary {
-                outcome: pb::exec_outcome::Kind::NeverStarted(super::exec::never_started(
-                    pb::SpawnErrorKind::Other,
-                    e.raw_os_error().unwrap_or(0),
-                    format!("registering child pipes: {e}"),
-                )),
-                stdout_bytes: 0,
-                stderr_bytes: 0,
-                stdout_truncated: false,
-                stderr_truncated: false,
-                duration_us: 0,
-            };
+            let _ = tokio::task::spawn_blocking(move || spawn::reap(pid, 0)).await;
+            return never_registered(&e, "the child's descriptors");
         }
     };
+    let stdin_task = spawn_stdin(stdin, initial_stdin, stdin_rx);
+    let mut pool = outbuf::Pool::new(chunk_max);
     let mut scratch: Vec<u8> = Vec::new();
     let far = started + Duration::from_secs(86400 * 365);
     let mut term_at = limits.timeout.map(|t| started + t);
@@ -239,7 +281,7 @@ pub async fn run(
     let mut drain_until: Option<Instant> = None;
     let mut timed_out: Option<i32> = None;
     let mut status: Option<Termination> = None;
-    let wait = child.wait();
+    let wait = wait_exit(&pidfd, pid);
     tokio::pin!(wait);
 
     loop {
@@ -259,15 +301,15 @@ pub async fn run(
         let (r0, r1) = (readable(&streams[0]), readable(&streams[1]));
         let take0 = read_size(&streams[0], &credit, sink, chunk_max);
         let take1 = read_size(&streams[1], &credit, sink, chunk_max);
-        let need = take0.max(take1);
-        if scratch.len() < need {
-            // Zeroed allocation (calloc) leaves pages untouched until a read fills them.
-            scratch = vec![0u8; chunk_max];
-        }
         let [s0, s1] = &mut streams;
-        let read: Option<(usize, std::io::Result<usize>)> = tokio::select! {
-            g = s0.fd.readable(), if r0 && take0 > 0 => read_ready(g, &mut scratch[..take0]).map(|r| (0, r)),
-            g = s1.fd.readable(), if r1 && take1 > 0 => read_ready(g, &mut scratch[..take1]).map(|r| (1, r)),
+        let mut done = false;
+        let read: Option<(usize, Read)> = tokio::select! {
+            g = s0.fd.readable(), if r0 && take0 > 0 => {
+                read_ready(g, s0, take0, sink, &mut pool, &mut scratch).map(|r| (0, r))
+            }
+            g = s1.fd.readable(), if r1 && take1 > 0 => {
+                read_ready(g, s1, take1, sink, &mut pool, &mut scratch).map(|r| (1, r))
+            }
             _ = credit.notify.notified(), if want_credit => None,
             st = &mut wait, if status.is_none() => {
                 let t = match st {
@@ -304,14 +346,17 @@ pub async fn run(
                 // waits for the host's credit instead of being dropped.
                 if streams.iter().any(|s| s.open && !s.over_cap() && pending(s) > 0) {
                     drain_until = Some(Instant::now() + DRAIN);
-                    None
                 } else {
-                    break;
+                    done = true;
                 }
+                None
             }
         };
+        if done {
+            break;
+        }
         if let Some((i, r)) = read {
-            deliver(&mut streams[i], r, &scratch, &credit, sink).await;
+            deliver(&mut streams[i], r, sink, &mut pool, &credit).await;
         }
     }
     if let Some(t) = stdin_task {
@@ -364,19 +409,21 @@ fn read_size(s: &Stream, credit: &Credit, sink: &Sink, chunk_max: usize) -> usiz
     n.min(chunk_max as u64) as usize
 }
 
-/// One non-blocking read after the reactor reported `fd` readable; `None`
-/// when it would block (readiness is then cleared by `try_io`).
-fn read_ready(
-    guard: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>>,
-    buf: &mut [u8],
+/// A read at least this big (half the default pipe) enlarges the pipe.
+const GROW_AFTER: usize = 32 * 1024;
+/// Smallest read into a one-shot collection buffer; it grows with the output.
+const COLLECT_MIN: usize = 16 * 1024;
+/// Read size when output is dropped (over the cap, or the host is gone).
+const DISCARD_READ: usize = 64 * 1024;
+
+/// One non-blocking `read(2)` into the uninitialised tail of a buffer.
+fn read_into(
+    guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>,
+    dst: &mut [std::mem::MaybeUninit<u8>],
 ) -> Option<std::io::Result<usize>> {
-    let mut guard = match guard {
-        Ok(g) => g,
-        Err(e) => return Some(Err(e)),
-    };
     let r = guard.try_io(|fd| {
-        // SAFETY: read(2) into a live buffer of `buf.len()` bytes from an fd we own.
-        let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: read(2) writes at most `dst.len()` bytes into memory we own.
+        let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), dst.as_mut_ptr().cast(), dst.len()) };
         if n < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -386,57 +433,120 @@ fn read_ready(
     match r {
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => None,
         Ok(r) => Some(r),
+        // Would block: `try_io` cleared the readiness; wait again.
         Err(_would_block) => None,
     }
 }
 
-/// Accounts for and forwards what one read returned.
+/// What one read returned, and where the bytes went.
+enum Read {
+    /// Into the scratch buffer: output that is dropped.
+    Dropped(std::io::Result<usize>),
+    /// Appended to the one-shot collection (already accounted in its length).
+    Collected(std::io::Result<usize>),
+    /// Into a frame buffer after its headroom.
+    Frame(std::io::Result<usize>, BytesMut),
+}
+
+/// After the reactor reported `s` readable: reads at most `take` bytes
+/// straight to where they go (a frame buffer, the collection, or a scratch
+/// buffer when dropped). `None` when the pipe had nothing after all.
+fn read_ready(
+    guard: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>>,
+    s: &Stream,
+    take: usize,
+    sink: &mut Sink,
+    pool: &mut outbuf::Pool,
+    scratch: &mut Vec<u8>,
+) -> Option<Read> {
+    let mut guard = match guard {
+        Ok(g) => g,
+        Err(e) => return Some(Read::Dropped(Err(e))),
+    };
+    if s.over_cap() || matches!(sink, Sink::Stream { gone: true, .. }) {
+        if scratch.capacity() < DISCARD_READ {
+            *scratch = Vec::with_capacity(DISCARD_READ);
+        }
+        let n = take.min(scratch.capacity());
+        return read_into(&mut guard, &mut scratch.spare_capacity_mut()[..n]).map(Read::Dropped);
+    }
+    match sink {
+        Sink::Collect { stdout, stderr } => {
+            let dst = if s.is_stderr { stderr } else { stdout };
+            let want = take.min(COLLECT_MIN.max(dst.len()));
+            dst.reserve(want);
+            let r = read_into(&mut guard, &mut dst.spare_capacity_mut()[..want])?;
+            if let Ok(n) = r {
+                // SAFETY: read(2) initialised the `n` bytes after the old length.
+                unsafe { dst.set_len(dst.len() + n) };
+            }
+            Some(Read::Collected(r))
+        }
+        Sink::Stream { .. } => {
+            let mut buf = pool.get();
+            match read_into(&mut guard, &mut buf.spare_capacity_mut()[..take]) {
+                Some(r) => Some(Read::Frame(r, buf)),
+                None => {
+                    pool.put(buf);
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Accounts for what one read returned and forwards it.
 async fn deliver(
     s: &mut Stream,
-    r: std::io::Result<usize>,
-    scratch: &[u8],
-    credit: &Credit,
+    r: Read,
     sink: &mut Sink,
+    pool: &mut outbuf::Pool,
+    credit: &Credit,
 ) {
+    let (r, buf) = match r {
+        Read::Dropped(r) | Read::Collected(r) => (r, None),
+        Read::Frame(r, buf) => (r, Some(buf)),
+    };
     let n = match r {
         Ok(0) => {
             s.open = false;
+            buf.map(|b| pool.put(b));
             return;
         }
         Ok(n) => n,
         Err(e) => {
             tracing::debug!(error = %e, "reading child output failed");
             s.open = false;
+            buf.map(|b| pool.put(b));
             return;
         }
     };
     s.total += n as u64;
+    if !s.grown && n >= GROW_AFTER {
+        // The child writes a lot: a bigger pipe lets it run ahead of us.
+        super::exec::grow_pipe(s.fd.get_ref());
+        s.grown = true;
+    }
     if s.over_cap() {
         s.truncated = true;
         return;
     }
     s.kept += n as u64;
-    match sink {
-        Sink::Collect { stdout, stderr } => {
-            let dst = if s.is_stderr { stderr } else { stdout };
-            dst.extend_from_slice(&scratch[..n]);
-        }
-        Sink::Stream { gone: true, .. } => {}
-        Sink::Stream { writer, seq, gone } => {
-            credit.take(n as u64);
-            let chunk = pb::OutputChunk {
-                index: s.index,
-                data: Bytes::copy_from_slice(&scratch[..n]),
-            };
-            s.index += 1;
-            let msg = if s.is_stderr {
-                Message::ExecStderr(chunk)
-            } else {
-                Message::ExecStdout(chunk)
-            };
-            if writer.send_data(*seq, &msg).await.is_err() {
-                *gone = true;
-            }
-        }
+    let (Some(mut buf), Sink::Stream { writer, seq, gone }) = (buf, sink) else {
+        return;
+    };
+    // SAFETY: read(2) initialised the `n` bytes after the headroom.
+    unsafe { buf.set_len(outbuf::HEADROOM + n) };
+    credit.take(n as u64);
+    let kind = if s.is_stderr {
+        MessageType::ExecStderr
+    } else {
+        MessageType::ExecStdout
+    };
+    let wire = outbuf::finish_chunk(&mut buf, kind as u8, *seq, s.index);
+    s.index += 1;
+    pool.put(buf);
+    if writer.send_wire(wire).await.is_err() {
+        *gone = true;
     }
 }

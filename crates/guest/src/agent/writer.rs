@@ -6,7 +6,10 @@
 //! batch. Both queues are bounded: when the host stops reading, senders wait
 //! (backpressure) instead of growing memory.
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
 use hearth_proto::{pb, Frame, Message};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -17,9 +20,16 @@ const DATA_QUEUE: usize = 32;
 const PRIO_QUEUE: usize = 64;
 /// Coalesce queued frames into one write up to about this many bytes.
 const BATCH_BYTES: usize = 512 * 1024;
+/// Frames at least this big are written from their own buffer (`writev`)
+/// instead of being copied into the batch.
+const COPY_BELOW: usize = 16 * 1024;
+/// Most buffers handed to one `writev`.
+const MAX_IOV: usize = 32;
 
 enum Out {
     Frame(Frame),
+    /// A frame already in wire format (header included).
+    Wire(Bytes),
     Flush(oneshot::Sender<()>),
     Close,
 }
@@ -61,6 +71,11 @@ impl Writer {
     pub async fn send_data(&self, seq: u32, msg: &Message) -> Result<(), Closed> {
         let frame = self.frame(seq, msg);
         self.data.send(Out::Frame(frame)).await.map_err(|_| Closed)
+    }
+
+    /// Queues a bulk frame already in wire format; waits while the queue is full.
+    pub async fn send_wire(&self, wire: Bytes) -> Result<(), Closed> {
+        self.data.send(Out::Wire(wire)).await.map_err(|_| Closed)
     }
 
     /// Queues a control frame (pong, result, error) ahead of bulk data.
@@ -109,7 +124,10 @@ async fn run<W>(
 ) where
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::new();
+    // Small frames are encoded into `small`; a batch is the list of buffers
+    // written with one `writev` (or a few, if the socket takes less).
+    let mut small = BytesMut::new();
+    let mut parts: VecDeque<Bytes> = VecDeque::new();
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
     let mut prio_open = true;
     let mut data_open = true;
@@ -122,12 +140,26 @@ async fn run<W>(
         };
         let Some(first) = first else { continue };
         let mut next = Some(first);
+        let mut batched = 0usize;
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(f) => {
-                    if let Err(e) = f.encode(&mut buf, max_frame_len) {
+                    let before = small.len();
+                    if let Err(e) = f.encode(&mut small, max_frame_len) {
                         tracing::error!(error = %e, "dropping unencodable frame");
                     }
+                    batched += small.len() - before;
+                }
+                Out::Wire(b) if b.len() < COPY_BELOW => {
+                    small.extend_from_slice(&b);
+                    batched += b.len();
+                }
+                Out::Wire(b) => {
+                    if !small.is_empty() {
+                        parts.push_back(small.split().freeze());
+                    }
+                    batched += b.len();
+                    parts.push_back(b);
                 }
                 Out::Flush(ack) => acks.push(ack),
                 Out::Close => {
@@ -135,21 +167,21 @@ async fn run<W>(
                     break;
                 }
             }
-            if buf.len() >= BATCH_BYTES {
+            if batched >= BATCH_BYTES || parts.len() >= MAX_IOV - 1 {
                 break;
             }
             next = prio_rx.try_recv().ok().or_else(|| data_rx.try_recv().ok());
         }
-        if !buf.is_empty() {
-            if let Err(e) = sink.write_all(&buf).await {
-                tracing::debug!(error = %e, "connection write failed");
-                return;
-            }
-            buf.clear();
-            // Do not keep a large batch buffer around on an idle connection.
-            if buf.capacity() > BATCH_BYTES * 2 {
-                buf = BytesMut::new();
-            }
+        if !small.is_empty() {
+            parts.push_back(small.split().freeze());
+        }
+        if let Err(e) = write_parts(&mut sink, &mut parts).await {
+            tracing::debug!(error = %e, "connection write failed");
+            return;
+        }
+        // Do not keep a large batch buffer around on an idle connection.
+        if small.capacity() > BATCH_BYTES * 2 {
+            small = BytesMut::new();
         }
         if let Err(e) = sink.flush().await {
             tracing::debug!(error = %e, "connection flush failed");
@@ -160,4 +192,39 @@ async fn run<W>(
         }
     }
     let _ = sink.shutdown().await;
+}
+
+/// Writes every buffer in `parts`, in order, with vectored writes.
+async fn write_parts<W>(sink: &mut W, parts: &mut VecDeque<Bytes>) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while !parts.is_empty() {
+        let n = {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for (slot, p) in iov.iter_mut().zip(parts.iter()) {
+                *slot = IoSlice::new(p);
+                k += 1;
+            }
+            sink.write_vectored(&iov[..k]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = parts.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                parts.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
 }

@@ -94,7 +94,7 @@ pub fn run() -> ! {
         Ok(text) => match cmdline::parse(&text) {
             Ok(c) => c,
             Err(e) => {
-                console::line(&format!("kernel command line failed to parse: {e}"));
+                console::line(&format!("parse kernel command line failed: {e}"));
                 power::power_off()
             }
         },

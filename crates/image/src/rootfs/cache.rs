@@ -156,7 +156,7 @@ pub fn list(cache: &Path) -> Result<Vec<ImageInfo>, RootfsError> {
             out.push(info);
         }
     }
-    out.sort_by(|a, b| (a.language, a.created).cmp(&(b.language, b.created)));
+    out.sort_by_key(|i| (i.language, i.created));
     Ok(out)
 }
 
@@ -175,8 +175,7 @@ impl FromStr for ImageSelector {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.parse::<Language>() {
             Ok(l) => Ok(ImageSelector::Language(l)),
-            Err(e) if s.len() >= 4 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                let _ = e;
+            Err(_) if s.len() >= 4 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(ImageSelector::Hash(s.to_ascii_lowercase()))
             }
             Err(e) => Err(e),
