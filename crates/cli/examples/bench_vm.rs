@@ -245,6 +245,8 @@ async fn baseline_boot(
         cmdline_extra: "rdinit=/poweroff".into(),
         console_log: console.clone(),
         vhost_socket: Some(vsock),
+        drives: Vec::new(),
+        user_net: false,
     };
     let qlog = std::fs::File::create(dir.join("qemu.log"))?;
     let t0 = Instant::now();

@@ -41,6 +41,14 @@ pub fn resolve_state_dir(
     }
 }
 
+/// The image cache: an explicit (non-empty) `HEARTH_IMAGE_CACHE`, else
+/// `<state>/images`. Language images live in its `rootfs/` subdirectory.
+pub fn resolve_image_cache(explicit: Option<PathBuf>, state_dir: &Path) -> PathBuf {
+    explicit
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| state_dir.join("images"))
+}
+
 fn dir_writable(p: &Path) -> bool {
     p.is_dir()
         && nix::unistd::access(
@@ -163,6 +171,22 @@ mod tests {
             PathBuf::from("/h/.local/state/hearth")
         );
         assert!(resolve_state_dir(None, ro, None, None).is_err());
+    }
+
+    #[test]
+    fn image_cache_env_wins_over_state_dir() {
+        assert_eq!(
+            resolve_image_cache(Some("/ci/cache".into()), Path::new("/s")),
+            PathBuf::from("/ci/cache")
+        );
+        assert_eq!(
+            resolve_image_cache(Some("".into()), Path::new("/s")),
+            PathBuf::from("/s/images")
+        );
+        assert_eq!(
+            resolve_image_cache(None, Path::new("/s")),
+            PathBuf::from("/s/images")
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use hearth_vmm::{Accel, ProcessId, VmHandle};
+use hearth_vmm::{Accel, LowerFs, Network, ProcessId, VmHandle};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,11 @@ pub struct VmRecord {
     pub cpus: u32,
     pub mem_mib: u32,
     pub language: String,
+    /// The boot initramfs (guest binary + modules).
     pub image: PathBuf,
+    /// `image` was given with `--initrd` (kept on `vm start`).
+    #[serde(default)]
+    pub custom_initrd: bool,
     pub kernel: PathBuf,
     pub accel: Option<Accel>,
     pub qemu: Option<ProcessId>,
@@ -70,10 +74,40 @@ pub struct VmRecord {
     pub persist: bool,
     /// Why it failed or stopped, when known.
     pub note: Option<String>,
+    /// The read-only root image (language squashfs or `--image`); `None` for
+    /// the bare initramfs guest.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    #[serde(default)]
+    pub lowerfs: Option<LowerFs>,
+    /// Recipe hash of a language image.
+    #[serde(default)]
+    pub image_hash: Option<String>,
+    /// Size of the writable upper disk (`<dir>/upper.ext4`).
+    #[serde(default)]
+    pub disk_mib: u64,
+    #[serde(default)]
+    pub network: Network,
+    /// The `--persist` volume (kept by `vm clean --keep-persist`).
+    #[serde(default)]
+    pub persist_volume: Option<PathBuf>,
+    /// Environment every exec gets (the language image's).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// The command printing hello world through the image's runtime.
+    #[serde(default)]
+    pub hello: Vec<String>,
 }
+
+/// File name of the writable upper disk inside a VM's directory.
+pub const UPPER_DISK: &str = "upper.ext4";
 
 impl VmRecord {
     /// The handle to reach its processes, once it has them.
+    pub fn upper_disk(&self) -> Option<PathBuf> {
+        self.rootfs.as_ref().map(|_| self.dir.join(UPPER_DISK))
+    }
+
     pub fn handle(&self) -> Option<VmHandle> {
         Some(VmHandle {
             id: self.id.clone(),
@@ -185,8 +219,17 @@ impl State {
         self.dir.join("vms")
     }
 
+    /// The image cache: `HEARTH_IMAGE_CACHE` when set, else `<state>/images`.
     pub fn images_dir(&self) -> PathBuf {
-        self.dir.join("images")
+        crate::paths::resolve_image_cache(
+            std::env::var_os("HEARTH_IMAGE_CACHE").map(PathBuf::from),
+            &self.dir,
+        )
+    }
+
+    /// Where `--persist` volumes live: `<state>/persist/<name>.ext4`.
+    pub fn persist_dir(&self) -> PathBuf {
+        self.dir.join("persist")
     }
 
     /// Opens (creating if needed) the DB, waiting while another process holds it.
@@ -410,6 +453,7 @@ mod tests {
             mem_mib: 256,
             language: "none".into(),
             image: "/i".into(),
+            custom_initrd: false,
             kernel: "/k".into(),
             accel: Some(Accel::Tcg),
             qemu: Some(ProcessId {
@@ -427,7 +471,49 @@ mod tests {
             dir: "/nonexistent".into(),
             persist: false,
             note: None,
+            rootfs: None,
+            lowerfs: None,
+            image_hash: None,
+            disk_mib: 0,
+            network: Network::None,
+            persist_volume: None,
+            env: Vec::new(),
+            hello: Vec::new(),
         }
+    }
+
+    #[test]
+    fn old_records_without_language_fields_still_decode() {
+        let mut v = serde_json::to_value(rec("old", VmStatus::Stopped)).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        for k in [
+            "custom_initrd",
+            "rootfs",
+            "lowerfs",
+            "image_hash",
+            "disk_mib",
+            "network",
+            "persist_volume",
+            "env",
+            "hello",
+        ] {
+            obj.remove(k);
+        }
+        let r = State::decode("old", &v.to_string()).unwrap();
+        assert_eq!(r.network, Network::None);
+        assert!(r.rootfs.is_none() && r.upper_disk().is_none() && r.env.is_empty());
+        let mut lang = rec("new", VmStatus::Stopped);
+        lang.rootfs = Some("/c/python.squashfs".into());
+        lang.network = Network::AllowAll;
+        let back = State::decode("new", &serde_json::to_string(&lang).unwrap()).unwrap();
+        assert_eq!(back, lang);
+        assert_eq!(
+            back.upper_disk(),
+            Some(PathBuf::from("/nonexistent/upper.ext4"))
+        );
+        assert!(serde_json::to_string(&lang)
+            .unwrap()
+            .contains("\"allow_all\""));
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn too_little_memory_and_missing_kernel_fail_before_booting() {
     let o = env.run(&["vm", "create", "--language", "cobol"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("language images are not built yet: cobol"),
+        stderr(&o).contains("unknown language \"cobol\""),
         "{}",
         stderr(&o)
     );
@@ -215,7 +215,7 @@ fn a_boot_that_fails_is_caught_with_console_lines_and_nothing_is_left() {
     let o = env.run(&[
         "vm",
         "create",
-        "--image",
+        "--initrd",
         bogus.to_str().unwrap(),
         "--boot-timeout",
         "40",

@@ -2,7 +2,7 @@
 //! a Unix socket. Each figure is printed with a baseline measured in the same
 //! run, the ratio, and the target.
 //!
-//! cargo run --release -p hearth-client --example bench_agent -- --agent target/release/hearth-guest [--quick]
+//! cargo run --release -p hearth-client --example bench_agent -- --agent target/release/hearth-guest [--quick] [--only ping|exec|stream|file]
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream as StdUnixStream};
@@ -50,16 +50,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .position(|a| a == "--agent")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
-        .ok_or("usage: bench_agent --agent PATH_TO_hearth-guest [--quick]")?;
+        .ok_or("usage: bench_agent --agent PATH_TO_hearth-guest [--quick] [--only SECTION]")?;
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only ping|exec|stream|file` runs one section (for profiling).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(agent_path, quick))
+    rt.block_on(run(agent_path, quick, only))
 }
 
-async fn run(agent_path: PathBuf, quick: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(
+    agent_path: PathBuf,
+    quick: bool,
+    only: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("agent.sock");
     let child = Command::new(&agent_path)
@@ -97,151 +108,160 @@ async fn run(agent_path: PathBuf, quick: bool) -> Result<(), Box<dyn std::error:
         ok: rss <= 8 * 1024,
     });
 
-    // Ping vs raw echo of a 9-byte message (the size of an empty-payload frame).
-    let n = if quick { 300 } else { 3000 };
-    for _ in 0..100 {
-        c.ping().await?;
-    }
-    let mut pings = Vec::with_capacity(n);
-    for _ in 0..n {
-        pings.push(c.ping().await?);
-    }
-    let echo = raw_echo_rtts(dir.path().join("echo.sock"), n).await?;
-    let hand = hand_rolled_ping_rtts(&sock, n).await?;
-    let (p, e, hr) = (median(pings), median(echo), median(hand));
-    rows.push(Row {
-        name: "  (diag) hand-rolled PING frames",
-        figure: us(hr),
-        baseline: format!("raw echo {}", us(e)),
-        ratio: hr.as_secs_f64() / e.as_secs_f64(),
-        target: "-",
-        ok: true,
-    });
-    let ratio = p.as_secs_f64() / e.as_secs_f64();
-    rows.push(Row {
-        name: "ping round trip (median)",
-        figure: us(p),
-        baseline: format!("raw echo {}", us(e)),
-        ratio,
-        target: "≤ 2x",
-        ok: ratio <= 2.0,
-    });
-
-    // exec true vs local spawn+wait of true.
-    let n = if quick { 50 } else { 300 };
-    let mut remote = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let r = c
-            .exec(pb::Exec {
-                argv: vec!["true".into()],
-                ..Default::default()
-            })
-            .await?;
-        remote.push(t0.elapsed());
-        if hearth_client::exit_code(r.outcome.as_ref()) != 0 {
-            return Err("exec true did not exit 0".into());
+    if want("ping") {
+        // Ping vs raw echo of a 9-byte message (the size of an empty-payload frame).
+        let n = if quick { 300 } else { 3000 };
+        for _ in 0..100 {
+            c.ping().await?;
         }
-    }
-    let mut local = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let st = Command::new("true").status()?;
-        local.push(t0.elapsed());
-        if !st.success() {
-            return Err("local true failed".into());
+        let mut pings = Vec::with_capacity(n);
+        for _ in 0..n {
+            pings.push(c.ping().await?);
         }
-    }
-    let (r, l) = (median(remote), median(local));
-    let ratio = r.as_secs_f64() / l.as_secs_f64();
-    rows.push(Row {
-        name: "exec `true` round trip (median)",
-        figure: us(r),
-        baseline: format!("local spawn {}", us(l)),
-        ratio,
-        target: "≤ 1.3x",
-        ok: ratio <= 1.3,
-    });
-
-    // Stream throughput vs a raw socketpair.
-    let total: u64 = if quick { 64 << 20 } else { 256 << 20 };
-    let raw = raw_socket_throughput(total)?;
-    let hd = hand_rolled_stream(&sock, total).await?;
-    rows.push(Row {
-        name: "  (diag) hand-rolled stream reader",
-        figure: format!("{:.0} MiB/s", mibs(total, hd)),
-        baseline: format!("raw socket {raw:.0} MiB/s"),
-        ratio: mibs(total, hd) / raw,
-        target: "-",
-        ok: true,
-    });
-    for window in [0u32, 4 << 20] {
-        let t0 = Instant::now();
-        let mut h = c
-            .exec_stream(pb::ExecStart {
-                argv: vec![
-                    "head".into(),
-                    "-c".into(),
-                    total.to_string(),
-                    "/dev/zero".into(),
-                ],
-                window,
-                ..Default::default()
-            })
-            .await?;
-        let mut got = 0u64;
-        loop {
-            match h.next_event().await? {
-                Some(ExecEvent::Stdout(d)) => got += d.len() as u64,
-                Some(ExecEvent::Exit(_)) | None => break,
-                Some(_) => {}
-            }
-        }
-        let d = t0.elapsed();
-        if got != total {
-            return Err(format!("stream delivered {got} of {total} bytes").into());
-        }
-        let ratio = mibs(total, d) / raw;
+        let echo = raw_echo_rtts(dir.path().join("echo.sock"), n).await?;
+        let hand = hand_rolled_ping_rtts(&sock, n).await?;
+        let (p, e, hr) = (median(pings), median(echo), median(hand));
         rows.push(Row {
-            name: if window == 0 {
-                "stdout stream (default window)"
-            } else {
-                "stdout stream (4 MiB window)"
-            },
-            figure: format!("{:.0} MiB/s", mibs(total, d)),
-            baseline: format!("raw socket {raw:.0} MiB/s"),
+            name: "  (diag) hand-rolled PING frames",
+            figure: us(hr),
+            baseline: format!("raw echo {}", us(e)),
+            ratio: hr.as_secs_f64() / e.as_secs_f64(),
+            target: "-",
+            ok: true,
+        });
+        let ratio = p.as_secs_f64() / e.as_secs_f64();
+        rows.push(Row {
+            name: "ping round trip (median)",
+            figure: us(p),
+            baseline: format!("raw echo {}", us(e)),
             ratio,
-            target: "≥ 0.5x",
-            ok: ratio >= 0.5,
+            target: "≤ 2x",
+            ok: ratio <= 2.0,
         });
     }
 
-    // File write vs raw socket throughput; /dev/shm keeps the disk out of it.
-    let size: usize = if quick { 32 << 20 } else { 100 << 20 };
-    let data = vec![0x5au8; size];
-    let target_dir = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        dir.path().to_path_buf()
-    };
-    let target = target_dir.join(format!("hearth-bench-{}", std::process::id()));
-    let target_s = target.to_str().ok_or("non-utf8 temp path")?.to_string();
-    let t0 = Instant::now();
-    let n = c
-        .write_file(&target_s, &mut &data[..], 0o600, false)
-        .await?;
-    let d = t0.elapsed();
-    let _ = std::fs::remove_file(&target);
-    let raw = raw_socket_throughput(size as u64)?;
-    let ratio = mibs(n, d) / raw;
-    rows.push(Row {
-        name: "file write (incl. fsync)",
-        figure: format!("{:.0} MiB/s", mibs(n, d)),
-        baseline: format!("raw socket {raw:.0} MiB/s"),
-        ratio,
-        target: "(figure)",
-        ok: true,
-    });
+    if want("exec") {
+        // exec true vs local spawn+wait of true.
+        let n = if quick { 50 } else { 300 };
+        let mut remote = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let r = c
+                .exec(pb::Exec {
+                    argv: vec!["true".into()],
+                    ..Default::default()
+                })
+                .await?;
+            remote.push(t0.elapsed());
+            if hearth_client::exit_code(r.outcome.as_ref()) != 0 {
+                return Err("exec true did not exit 0".into());
+            }
+        }
+        let mut local = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let st = Command::new("true").status()?;
+            local.push(t0.elapsed());
+            if !st.success() {
+                return Err("local true failed".into());
+            }
+        }
+        let (r, l) = (median(remote), median(local));
+        let ratio = r.as_secs_f64() / l.as_secs_f64();
+        rows.push(Row {
+            name: "exec `true` round trip (median)",
+            figure: us(r),
+            baseline: format!("local spawn {}", us(l)),
+            ratio,
+            target: "≤ 1.3x",
+            ok: ratio <= 1.3,
+        });
+    }
+
+    if want("stream") {
+        // Stream throughput vs a raw socketpair.
+        let total: u64 = if quick { 64 << 20 } else { 256 << 20 };
+        let raw = raw_socket_throughput(total)?;
+        let hd = hand_rolled_stream(&sock, total).await?;
+        rows.push(Row {
+            name: "  (diag) hand-rolled stream reader",
+            figure: format!("{:.0} MiB/s", mibs(total, hd)),
+            baseline: format!("raw socket {raw:.0} MiB/s"),
+            ratio: mibs(total, hd) / raw,
+            target: "-",
+            ok: true,
+        });
+        for window in [0u32, 4 << 20] {
+            let t0 = Instant::now();
+            let mut h = c
+                .exec_stream(pb::ExecStart {
+                    argv: vec![
+                        "head".into(),
+                        "-c".into(),
+                        total.to_string(),
+                        "/dev/zero".into(),
+                    ],
+                    window,
+                    ..Default::default()
+                })
+                .await?;
+            let mut got = 0u64;
+            loop {
+                match h.next_event().await? {
+                    Some(ExecEvent::Stdout(d)) => got += d.len() as u64,
+                    Some(ExecEvent::Exit(_)) | None => break,
+                    Some(_) => {}
+                }
+            }
+            let d = t0.elapsed();
+            if got != total {
+                return Err(format!("stream delivered {got} of {total} bytes").into());
+            }
+            let ratio = mibs(total, d) / raw;
+            rows.push(Row {
+                name: if window == 0 {
+                    "stdout stream (default window)"
+                } else {
+                    "stdout stream (4 MiB window)"
+                },
+                figure: format!("{:.0} MiB/s", mibs(total, d)),
+                baseline: format!("raw socket {raw:.0} MiB/s"),
+                ratio,
+                target: "≥ 0.5x",
+                ok: ratio >= 0.5,
+            });
+        }
+    }
+
+    if want("file") {
+        // File write vs raw socket throughput; /dev/shm keeps the disk out of it.
+        let size: usize = if quick { 32 << 20 } else { 100 << 20 };
+        let data = vec![0x5au8; size];
+        let target_dir = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            dir.path().to_path_buf()
+        };
+        let target = target_dir.join(format!("hearth-bench-{}", std::process::id()));
+        let target_s = target.to_str().ok_or("non-utf8 temp path")?.to_string();
+        let t0 = Instant::now();
+        let n = c
+            .write_file(&target_s, &mut &data[..], 0o600, false)
+            .await?;
+        let d = t0.elapsed();
+        let _ = std::fs::remove_file(&target);
+        let raw = raw_socket_throughput(size as u64)?;
+        let ratio = mibs(n, d) / raw;
+        rows.push(Row {
+            name: "file write (incl. fsync)",
+            figure: format!("{:.0} MiB/s", mibs(n, d)),
+            baseline: format!("raw socket {raw:.0} MiB/s"),
+            ratio,
+            target: "(figure)",
+            ok: true,
+        });
+    }
+
     let rss_after = rss_kib(pid)?;
 
     println!(

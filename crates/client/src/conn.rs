@@ -17,6 +17,11 @@ use tracing::{debug, warn};
 
 use crate::error::ClientError;
 
+/// Read into the buffer only when at least this much room is left...
+const READ_MIN: usize = 64 * 1024;
+/// ...otherwise make this much room first.
+const READ_RESERVE: usize = 256 * 1024;
+
 /// How the client connects.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -52,6 +57,9 @@ enum Route {
 /// State shared between the client handles and the reader task.
 pub(crate) struct Routes {
     inner: Mutex<RoutesInner>,
+    /// Mirrors `RoutesInner::closed.is_some()` for lock-free checks on the
+    /// send path.
+    is_closed: std::sync::atomic::AtomicBool,
 }
 
 struct RoutesInner {
@@ -69,6 +77,7 @@ impl Routes {
                 next_seq: 1,
                 closed: None,
             }),
+            is_closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -110,6 +119,7 @@ impl Routes {
             let mut g = self.lock();
             if g.closed.is_none() {
                 g.closed = Some(reason.to_string());
+                self.is_closed.store(true, Ordering::Release);
             }
             g.map.drain().map(|(_, r)| r).collect()
         };
@@ -129,6 +139,9 @@ impl Routes {
     }
 
     fn closed_reason(&self) -> Option<String> {
+        if !self.is_closed.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().closed.clone()
     }
 
@@ -467,8 +480,11 @@ async fn read_loop<R>(
             }
             Ok(None) => {}
         }
-        if buf.capacity() - buf.len() < 8 * 1024 {
-            buf.reserve(64 * 1024);
+        // Large reads: output frames are up to 256 KiB and the socket often
+        // holds several. Frames split off the buffer keep their part alive,
+        // so a fresh buffer is only allocated when the old one is full.
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(READ_RESERVE);
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) if buf.is_empty() => break "the agent closed the stream".to_string(),
@@ -501,18 +517,50 @@ fn write_frame(
     routes: Arc<Routes>,
 ) -> WriteState {
     use futures::FutureExt;
-    let mut head = BytesMut::with_capacity(hearth_proto::HEADER_LEN + 256);
     let small = frame.payload.len() <= 16 * 1024;
+    let mut head = BytesMut::with_capacity(
+        hearth_proto::HEADER_LEN + if small { frame.payload.len() } else { 0 },
+    );
     let len = frame.wire_len() as u32;
     head.extend_from_slice(&len.to_be_bytes());
     head.extend_from_slice(&[frame.kind]);
     head.extend_from_slice(&frame.seq.to_be_bytes());
-    let mut parts: Vec<Bytes> = if small {
+    if small {
         head.extend_from_slice(&frame.payload);
+        // The common case (requests, window updates): one write of one buffer.
+        match w.write(&head).now_or_never() {
+            Some(Ok(n)) if n == head.len() => {
+                if let Some(r) = w.flush().now_or_never() {
+                    return match r {
+                        Ok(()) => WriteState::Done,
+                        Err(e) => {
+                            routes.close(&format!("write error: {e}"));
+                            WriteState::Failed
+                        }
+                    };
+                }
+                let _ = head.split_to(n);
+            }
+            Some(Ok(0)) => {
+                routes.close("write error: the stream accepts no more bytes");
+                return WriteState::Failed;
+            }
+            Some(Ok(n)) => {
+                let _ = head.split_to(n);
+            }
+            Some(Err(e)) => {
+                routes.close(&format!("write error: {e}"));
+                return WriteState::Failed;
+            }
+            None => {}
+        }
+    }
+    let mut parts: Vec<Bytes> = if small {
         vec![head.freeze()]
     } else {
         vec![head.freeze(), frame.payload]
     };
+    parts.retain(|p| !p.is_empty());
     while let Some(first) = parts.first_mut() {
         match w.write(first).now_or_never() {
             Some(Ok(0)) => {

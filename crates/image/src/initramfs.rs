@@ -7,7 +7,7 @@
 //! - `/lib/modules/<release>/kernel/...ko` — the resolved modules
 //! - `/lib/modules/hearth.order` — one path per line, relative to `/lib/modules`,
 //!   in load order (dependencies first)
-//! - empty mount points: `proc sys dev run tmp mnt newroot`
+//! - empty directories: `proc sys dev run tmp mnt newroot etc root`
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -14,8 +14,10 @@ pub enum VmmError {
     MemoryTooSmall { mem_mib: u32, min: u32 },
     #[error("cpu count {cpus} is out of range (1..={max})")]
     BadCpuCount { cpus: u32, max: u32 },
-    #[error("network mode {0:?} is not supported yet (only none)")]
+    #[error("unknown network mode {0:?} (valid: none, allow_all)")]
     UnsupportedNetwork(String),
+    #[error("{what} not found: {}", .path.display())]
+    DiskMissing { what: &'static str, path: PathBuf },
     #[error("kernel not found: {}", .0.display())]
     KernelMissing(PathBuf),
     #[error("initramfs not found: {}", .0.display())]

@@ -7,15 +7,19 @@
 //! - [`process`]: pid + start-time identities and pidfd signalling, so a recycled
 //!   pid is never signalled.
 //! - [`console`]: console log tails for error messages.
+//! - [`guest_contract`]: the `hearth.*` kernel command line words the guest's init
+//!   understands (disk serials, root overlay, persist volume, network).
 //! - `error`: [`VmmError`].
 
 pub mod console;
 pub mod error;
+pub mod guest_contract;
 pub mod process;
 pub mod qemu;
 pub mod sandbox;
 
 pub use error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
+pub use guest_contract::{GuestSpec, LowerFs};
 pub use process::ProcessId;
 pub use qemu::{Accel, QemuFactory, QemuSandbox, VmHandle};
-pub use sandbox::{ExecRequest, Network, Sandbox, SandboxConfig, SandboxFactory};
+pub use sandbox::{ExecRequest, Network, RootDisks, Sandbox, SandboxConfig, SandboxFactory};

@@ -7,12 +7,52 @@ use std::time::Duration;
 use hearth_proto::pb;
 
 use crate::error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
+use crate::guest_contract::LowerFs;
 
-/// Guest networking. Only `None` exists so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Guest networking policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Network {
+    /// No NIC at all: the guest has only `lo`.
     #[default]
     None,
+    /// One NIC on QEMU's user-mode network: outbound NAT, the host's loopback
+    /// reachable as the gateway, QEMU's DNS forwarder as the resolver.
+    AllowAll,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::AllowAll => "allow_all",
+        }
+    }
+
+    /// Parses a `--network` value.
+    pub fn parse(s: &str) -> Result<Self, VmmError> {
+        match s {
+            "none" => Ok(Network::None),
+            "allow_all" | "allow-all" => Ok(Network::AllowAll),
+            other => Err(VmmError::UnsupportedNetwork(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A root filesystem on disks: a read-only image (lower) under a per-VM ext4
+/// disk (upper), overlaid by the guest's init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDisks {
+    pub image: PathBuf,
+    pub fs: LowerFs,
+    /// The writable ext4 disk, created beforehand (see `hearth_image::rootfs::create_ext4`).
+    pub upper: PathBuf,
 }
 
 /// What a sandbox is made of. Built at the edge (CLI, API) and validated before boot.
@@ -26,6 +66,10 @@ pub struct SandboxConfig {
     /// Extra kernel command line words, after the backend's own.
     pub cmdline_extra: String,
     pub network: Network,
+    /// `None` keeps the guest on its initramfs.
+    pub root: Option<RootDisks>,
+    /// An ext4 volume the guest mounts at `/persist`.
+    pub persist: Option<PathBuf>,
     /// Directory owned by this sandbox (sockets, console log, pid files).
     pub dir: PathBuf,
     /// How long to wait for the agent's READY after the VMM starts.
@@ -52,6 +96,28 @@ impl SandboxConfig {
         }
         if !self.initrd.is_file() {
             return Err(VmmError::InitrdMissing(self.initrd.clone()));
+        }
+        if let Some(root) = &self.root {
+            if !root.image.is_file() {
+                return Err(VmmError::DiskMissing {
+                    what: "root image",
+                    path: root.image.clone(),
+                });
+            }
+            if !root.upper.is_file() {
+                return Err(VmmError::DiskMissing {
+                    what: "upper disk",
+                    path: root.upper.clone(),
+                });
+            }
+        }
+        if let Some(p) = &self.persist {
+            if !p.is_file() {
+                return Err(VmmError::DiskMissing {
+                    what: "persist volume",
+                    path: p.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -129,6 +195,8 @@ mod tests {
             initrd,
             cmdline_extra: String::new(),
             network: Network::None,
+            root: None,
+            persist: None,
             dir: dir.into(),
             boot_timeout: Duration::from_secs(1),
         }
@@ -153,6 +221,35 @@ mod tests {
         let mut c = cfg(d.path());
         c.initrd = "/nonexistent/initrd".into();
         assert!(matches!(c.validate(), Err(VmmError::InitrdMissing(_))));
+        let mut c = cfg(d.path());
+        c.persist = Some(d.path().join("gone.ext4"));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("persist volume") && e.contains("gone.ext4"),
+            "{e}"
+        );
+        let mut c = cfg(d.path());
+        c.root = Some(RootDisks {
+            image: d.path().join("k"),
+            fs: LowerFs::Squashfs,
+            upper: d.path().join("upper.ext4"),
+        });
+        assert!(matches!(
+            c.validate(),
+            Err(VmmError::DiskMissing {
+                what: "upper disk",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn network_names_parse() {
+        assert_eq!(Network::parse("none").unwrap(), Network::None);
+        assert_eq!(Network::parse("allow_all").unwrap(), Network::AllowAll);
+        assert_eq!(Network::AllowAll.as_str(), "allow_all");
+        let e = Network::parse("bridge").unwrap_err().to_string();
+        assert!(e.contains("bridge") && e.contains("none, allow_all"), "{e}");
     }
 
     #[test]

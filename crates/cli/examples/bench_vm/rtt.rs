@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use hearth_client::{hybrid, pb, Client, ConnectOptions, Endpoint, ExecEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ECHO_PORT: u32 = 1001;
+pub const ECHO_PORT: u32 = 1001;
 const AGENT_PORT: u32 = 1000;
 const SPAWN_LOOP: usize = 40;
 
@@ -39,7 +39,7 @@ async fn echo_once(s: &mut tokio::net::UnixStream, msg: &[u8]) -> anyhow::Result
 }
 
 /// Starts `vsock-echo` in the guest through an exec session and waits until it listens.
-async fn start_echo(client: &Client) -> anyhow::Result<hearth_client::ExecHandle> {
+pub async fn start_echo(client: &Client) -> anyhow::Result<hearth_client::ExecHandle> {
     let mut last = None;
     for exe in ["/init", "/proc/self/exe"] {
         let mut h = client

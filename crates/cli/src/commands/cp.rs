@@ -1,7 +1,8 @@
-//! `hearth cp --connect ENDPOINT SRC DST`: copies files and whole directories
-//! between the host and the guest, preserving mode bits. The guest side is
-//! written `:PATH` (later `TARGET:PATH`); like `cp`, copying onto an existing
-//! directory puts the source inside it.
+//! `hearth cp SRC DST`: copies files and whole directories between the host and
+//! a sandbox, preserving mode bits. The sandbox side is written `VM_ID:PATH`
+//! (a VM from the state DB, by id or name), or `:PATH` with `--connect
+//! ENDPOINT` for an agent reached directly; like `cp`, copying onto an
+//! existing directory puts the source inside it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,15 +12,16 @@ use hearth_client::{pb, Client, Endpoint};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Agent endpoint: unix:PATH, hybrid:PATH:PORT or vsock:CID:PORT.
+    /// Agent endpoint: unix:PATH, hybrid:PATH:PORT or vsock:CID:PORT (then the
+    /// guest side is written `:PATH`). Without it, name a VM: `VM_ID:PATH`.
     #[arg(long, value_name = "ENDPOINT")]
-    pub connect: Endpoint,
+    pub connect: Option<Endpoint>,
     /// Seconds to wait for the agent to answer.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Source: a local path or `:PATH` in the guest.
+    /// Source: a local path, `VM_ID:PATH`, or `:PATH` with --connect.
     pub src: String,
-    /// Destination: a local path or `:PATH` in the guest.
+    /// Destination: a local path, `VM_ID:PATH`, or `:PATH` with --connect.
     pub dst: String,
 }
 
@@ -51,20 +53,64 @@ pub fn parse_side(spec: &str) -> CpSide {
     }
 }
 
+/// The VM a copy talks to: the target of its remote side.
+pub fn vm_target<'a>(src: &'a CpSide, dst: &'a CpSide) -> anyhow::Result<&'a str> {
+    let remote = [src, dst].into_iter().find_map(|s| match s {
+        CpSide::Remote { target, .. } => Some(target),
+        CpSide::Local(_) => None,
+    });
+    match remote {
+        Some(Some(t)) => Ok(t.as_str()),
+        Some(None) => bail!("name the vm as VM_ID:PATH (or give --connect ENDPOINT for :PATH)"),
+        None => bail!("both sides are local; write the vm side as VM_ID:PATH"),
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let (src, dst) = (parse_side(&args.src), parse_side(&args.dst));
-    for side in [&src, &dst] {
-        if let CpSide::Remote {
-            target: Some(t), ..
-        } = side
-        {
-            bail!("with --connect the guest side is written :PATH, not {t}:PATH");
+    let n = match &args.connect {
+        Some(ep) => {
+            for side in [&src, &dst] {
+                if let CpSide::Remote {
+                    target: Some(t), ..
+                } = side
+                {
+                    bail!("with --connect the guest side is written :PATH, not {t}:PATH");
+                }
+            }
+            let client = super::exec::connect(ep, args.connect_timeout).await?;
+            copy(&client, &src, &dst).await?
         }
-    }
-    let client = super::exec::connect(&args.connect, args.connect_timeout).await?;
-    let n = copy(&client, &src, &dst).await?;
+        None => {
+            let target = vm_target(&src, &dst)?;
+            let state = crate::state::State::new(crate::paths::state_dir()?);
+            let id = resolve_vm(&state, target).await?;
+            let (_rec, handle, client) = super::vm::common::connect_running(&state, &id).await?;
+            match copy(&client, &src, &dst).await {
+                Ok(n) => n,
+                Err(e) => return Err(super::vm::common::explain_failure(&state, &handle, e).await),
+            }
+        }
+    };
     tracing::info!(bytes = n, "copy finished");
     Ok(0)
+}
+
+/// A VM id, or the id of the one VM with that name.
+async fn resolve_vm(state: &crate::state::State, target: &str) -> anyhow::Result<String> {
+    let recs = state.list().await?;
+    if recs.iter().any(|r| r.id == target) {
+        return Ok(target.to_string());
+    }
+    let named: Vec<_> = recs
+        .iter()
+        .filter(|r| r.name.as_deref() == Some(target))
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => bail!("no such vm: {target} (see `hearth vm list --all`)"),
+        _ => bail!("several vms are named {target}; use the id"),
+    }
 }
 
 /// Copies `src` to `dst` (one local, one remote); returns the bytes copied.
@@ -263,6 +309,21 @@ mod tests {
         assert_eq!(parse_side("./a:b"), CpSide::Local("./a:b".into()));
         assert_eq!(parse_side("/abs/a:b"), CpSide::Local("/abs/a:b".into()));
         assert_eq!(parse_side("x"), CpSide::Local("x".into()));
+    }
+
+    #[test]
+    fn vm_target_comes_from_the_remote_side() {
+        let local = parse_side("./x");
+        assert_eq!(
+            vm_target(&parse_side("ab12:/out/x"), &local).unwrap(),
+            "ab12"
+        );
+        assert_eq!(vm_target(&local, &parse_side("ab12:/in")).unwrap(), "ab12");
+        let e = vm_target(&parse_side(":/out/x"), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VM_ID:PATH"), "{e}");
+        assert!(vm_target(&local, &parse_side("/tmp/y")).is_err());
     }
 
     #[test]

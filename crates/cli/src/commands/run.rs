@@ -2,11 +2,11 @@
 //! exit with the command's code.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use hearth_client::pb;
 
-use super::vm::common::{create_vm, destroy_vm, outcome_code, stream_exec, timeout_ms, CreateOpts};
+use super::vm::boot::{create_vm, CreateOpts};
+use super::vm::common::{destroy_vm, exec_env, outcome_code, stream_exec, timeout_ms};
 use crate::paths;
 use crate::state::State;
 
@@ -20,6 +20,15 @@ pub struct Args {
     pub mem_mib: u32,
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Language image (python, javascript, node, ruby, golang) or none.
+    #[arg(long, default_value = "none")]
+    pub language: String,
+    /// Your own squashfs/ext4 root image.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// none or allow_all.
+    #[arg(long, default_value = "none")]
+    pub network: String,
     /// Working directory in the guest.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -30,26 +39,26 @@ pub struct Args {
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let state = State::new(paths::state_dir()?);
     let opts = CreateOpts {
-        language: "none".into(),
-        image: None,
+        language: a.language.clone(),
+        image: a.image.clone(),
         cpus: a.cpus,
         mem_mib: a.mem_mib,
-        network: "none".into(),
+        network: a.network.clone(),
         kernel: a.kernel.clone(),
-        persist: false,
         name: Some("hearth-run".into()),
-        boot_timeout: None::<Duration>,
+        ..Default::default()
     };
     let (rec, client) = create_vm(&state, &opts).await?;
     let start = pb::ExecStart {
         argv: a.argv.clone(),
+        env: exec_env(&rec),
         cwd: a.cwd.clone().unwrap_or_default(),
         timeout_ms: timeout_ms(a.timeout),
         ..Default::default()
     };
     let result = stream_exec(&client, start).await;
     drop(client);
-    let cleanup = destroy_vm(&state, &rec).await;
+    let cleanup = destroy_vm(&state, &rec, false).await;
     let exit = result?;
     if let Err(e) = cleanup {
         eprintln!("hearth: cannot remove vm {}: {e:#}", rec.id);

@@ -6,7 +6,26 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// The image cache every test shares: `HEARTH_IMAGE_CACHE` (CI sets it), else a
+/// fixed directory, so language images are built once per machine, not per test.
+pub fn image_cache() -> PathBuf {
+    match std::env::var_os("HEARTH_IMAGE_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from("/var/tmp/hearth-test-images"),
+    }
+}
+
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes the VM-heavy part of tests in one binary (they run on parallel
+/// threads; the machine has 2 cores and TCG boots are CPU-bound). A panicked
+/// holder does not poison the others.
+pub fn vm_lock() -> MutexGuard<'static, ()> {
+    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn guest_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HEARTH_GUEST_BIN") {
@@ -64,6 +83,7 @@ impl Env {
         c.args(args)
             .env("HEARTH_STATE_DIR", self.state())
             .env("HEARTH_GUEST_BIN", &self.guest)
+            .env("HEARTH_IMAGE_CACHE", image_cache())
             .env_remove("HEARTH_LOG_FILE")
             .env("HEARTH_LOG_LEVEL", "warn");
         c
@@ -112,6 +132,29 @@ impl Env {
             .into_iter()
             .find(|r| r["id"] == id)
             .unwrap_or_else(|| panic!("vm {id} is not listed"))
+    }
+
+    /// Runs a shell command in a VM; asserts exit 0 and returns stdout.
+    pub fn sh(&self, id: &str, cmd: &str) -> String {
+        self.ok(&["vm", "exec", "--vm", id, "--timeout", "120", "--cmd", cmd])
+    }
+
+    /// Runs and asserts a non-zero exit; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "hearth {args:?} should have failed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Builds (or finds cached) a language image through the CLI; returns its JSON.
+    pub fn image(&self, language: &str) -> serde_json::Value {
+        let out = self.ok(&["image", "build", "--language", language, "--json"]);
+        serde_json::from_str(out.trim()).expect("image build --json is JSON")
     }
 
     pub fn status(&self, id: &str) -> String {

@@ -143,7 +143,7 @@ async fn dispatch(frame: Frame, writer: &Writer, routes: &Routes) {
                 nonce: p.nonce,
                 agent_version: VERSION.to_string(),
             });
-            reply(writer, seq, pong).await;
+            let _ = writer.send(seq, &pong).await;
         }
         Message::Exec(req) => {
             tokio::spawn(oneshot::run(req, seq, writer.clone()));

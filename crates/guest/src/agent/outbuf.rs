@@ -11,8 +11,11 @@ use hearth_proto::HEADER_LEN;
 /// Room in front of the data: frame header (9) + index field (1 + 10) +
 /// data tag (1) + data length varint (≤ 5).
 pub const HEADROOM: usize = 32;
-/// Buffers kept per session.
-const POOL: usize = 4;
+/// Most buffers kept per session.
+const POOL_MAX: usize = 16;
+/// Data room of a fallback buffer: small enough for malloc's heap (the agent
+/// sets a 128 KiB mmap threshold), so it costs no page faults.
+const FALLBACK: usize = 64 * 1024 - HEADROOM - 64;
 
 fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
@@ -38,33 +41,56 @@ fn put_varint(dst: &mut [u8], mut v: u64) -> usize {
 pub struct Pool {
     free: Vec<BytesMut>,
     size: usize,
+    keep: usize,
+    /// Full-size buffers allocated; each is either in `free` or out until
+    /// its `put`, so there are never more than `keep`.
+    lent: usize,
 }
 
 impl Pool {
-    /// Buffers hold `HEADROOM + chunk_max` bytes.
-    pub fn new(chunk_max: usize) -> Self {
+    /// Buffers hold `HEADROOM + chunk_max` bytes. With `window` bytes of
+    /// credit, frames in flight are bounded by the window over the chunk
+    /// size, and chunks are often smaller than `chunk_max` (credit comes back
+    /// in parts), so plan for 16 KiB ones. Only the pages a read touched are
+    /// resident, so a kept buffer costs about what its last frame carried.
+    pub fn new(chunk_max: usize, window: u64) -> Self {
+        let in_flight = (window / (16 * 1024)).min(POOL_MAX as u64) as usize;
         Self {
             free: Vec::new(),
             size: HEADROOM + chunk_max,
+            keep: (in_flight + 2).clamp(2, POOL_MAX),
+            lent: 0,
         }
     }
 
-    /// A buffer with `HEADROOM` initialised bytes and room for `chunk_max` more.
-    pub fn get(&mut self) -> BytesMut {
+    /// A buffer with `HEADROOM` initialised bytes and room for up to `take`
+    /// more (less when it is a fallback buffer; read only what fits), and
+    /// whether it belongs to the pool (give it back with [`Pool::put`]).
+    pub fn get(&mut self, take: usize) -> (BytesMut, bool) {
         let size = self.size;
         // A buffer whose last frame the writer has dropped is ours again.
-        let mut b = match self.free.iter_mut().position(|b| b.try_reclaim(size)) {
-            Some(i) => self.free.swap_remove(i),
-            None => BytesMut::with_capacity(size),
+        let (mut b, pooled) = match self.free.iter_mut().position(|b| b.try_reclaim(size)) {
+            Some(i) => (self.free.swap_remove(i), true),
+            None if self.lent < self.keep => {
+                self.lent += 1;
+                (BytesMut::with_capacity(size), true)
+            }
+            // Every pooled buffer is still in flight (many small frames): a
+            // small one from the heap, which malloc recycles without faults.
+            None => (
+                BytesMut::with_capacity(HEADROOM + take.min(FALLBACK)),
+                false,
+            ),
         };
         b.clear();
         b.extend_from_slice(&[0u8; HEADROOM]);
-        b
+        (b, pooled)
     }
 
     /// Returns what is left of a buffer after its frame was split off.
-    pub fn put(&mut self, b: BytesMut) {
-        if self.free.len() < POOL {
+    pub fn put(&mut self, mut b: BytesMut, pooled: bool) {
+        if pooled {
+            b.clear();
             self.free.push(b);
         }
     }
@@ -111,7 +137,7 @@ mod tests {
 
     #[test]
     fn chunks_encode_exactly_like_the_codec() {
-        let mut pool = Pool::new(300_000);
+        let mut pool = Pool::new(300_000, 1 << 20);
         for (index, n) in [
             (0u64, 1usize),
             (0, 127),
@@ -120,10 +146,10 @@ mod tests {
             (u64::MAX, 262_144),
         ] {
             let data: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
-            let mut b = pool.get();
+            let (mut b, pooled) = pool.get(n);
             b.extend_from_slice(&data);
             let wire = finish_chunk(&mut b, 0x09, 77, index);
-            pool.put(b);
+            pool.put(b, pooled);
             let want = Message::ExecStdout(pb::OutputChunk {
                 index,
                 data: data.into(),
@@ -137,14 +163,16 @@ mod tests {
 
     #[test]
     fn buffers_are_reused_once_the_frame_is_dropped() {
-        let mut pool = Pool::new(1024);
-        let mut b = pool.get();
+        let mut pool = Pool::new(1024, 4096);
+        let (mut b, pooled) = pool.get(5);
+        assert!(pooled);
         b.extend_from_slice(b"hello");
         let ptr = b.as_ptr();
         let wire = finish_chunk(&mut b, 0x09, 1, 0);
-        pool.put(b);
+        pool.put(b, pooled);
         drop(wire);
-        let b = pool.get();
+        let (b, pooled) = pool.get(5);
+        assert!(pooled);
         assert_eq!(b.as_ptr(), ptr, "the dropped frame's buffer was not reused");
         assert_eq!(b.len(), HEADROOM);
     }

@@ -273,7 +273,7 @@ pub async fn run(
         }
     };
     let stdin_task = spawn_stdin(stdin, initial_stdin, stdin_rx);
-    let mut pool = outbuf::Pool::new(chunk_max);
+    let mut pool = outbuf::Pool::new(chunk_max, credit.available());
     let mut scratch: Vec<u8> = Vec::new();
     let far = started + Duration::from_secs(86400 * 365);
     let mut term_at = limits.timeout.map(|t| started + t);
@@ -444,8 +444,8 @@ enum Read {
     Dropped(std::io::Result<usize>),
     /// Appended to the one-shot collection (already accounted in its length).
     Collected(std::io::Result<usize>),
-    /// Into a frame buffer after its headroom.
-    Frame(std::io::Result<usize>, BytesMut),
+    /// Into a frame buffer after its headroom (and whether it is pooled).
+    Frame(std::io::Result<usize>, BytesMut, bool),
 }
 
 /// After the reactor reported `s` readable: reads at most `take` bytes
@@ -483,11 +483,13 @@ fn read_ready(
             Some(Read::Collected(r))
         }
         Sink::Stream { .. } => {
-            let mut buf = pool.get();
-            match read_into(&mut guard, &mut buf.spare_capacity_mut()[..take]) {
-                Some(r) => Some(Read::Frame(r, buf)),
+            let (mut buf, pooled) = pool.get(take);
+            let room = buf.spare_capacity_mut();
+            let n = take.min(room.len());
+            match read_into(&mut guard, &mut room[..n]) {
+                Some(r) => Some(Read::Frame(r, buf, pooled)),
                 None => {
-                    pool.put(buf);
+                    pool.put(buf, pooled);
                     None
                 }
             }
@@ -505,19 +507,23 @@ async fn deliver(
 ) {
     let (r, buf) = match r {
         Read::Dropped(r) | Read::Collected(r) => (r, None),
-        Read::Frame(r, buf) => (r, Some(buf)),
+        Read::Frame(r, buf, pooled) => (r, Some((buf, pooled))),
     };
     let n = match r {
         Ok(0) => {
             s.open = false;
-            buf.map(|b| pool.put(b));
+            if let Some((b, pooled)) = buf {
+                pool.put(b, pooled);
+            }
             return;
         }
         Ok(n) => n,
         Err(e) => {
             tracing::debug!(error = %e, "reading child output failed");
             s.open = false;
-            buf.map(|b| pool.put(b));
+            if let Some((b, pooled)) = buf {
+                pool.put(b, pooled);
+            }
             return;
         }
     };
@@ -529,11 +535,18 @@ async fn deliver(
     }
     if s.over_cap() {
         s.truncated = true;
+        if let Some((b, pooled)) = buf {
+            pool.put(b, pooled);
+        }
         return;
     }
     s.kept += n as u64;
-    let (Some(mut buf), Sink::Stream { writer, seq, gone }) = (buf, sink) else {
-        return;
+    let (mut buf, pooled, writer, seq, gone) = match (buf, sink) {
+        (Some((buf, pooled)), Sink::Stream { writer, seq, gone }) => {
+            (buf, pooled, writer, seq, gone)
+        }
+        (Some((b, pooled)), Sink::Collect { .. }) => return pool.put(b, pooled),
+        (None, _) => return,
     };
     // SAFETY: read(2) initialised the `n` bytes after the headroom.
     unsafe { buf.set_len(outbuf::HEADROOM + n) };
@@ -545,7 +558,7 @@ async fn deliver(
     };
     let wire = outbuf::finish_chunk(&mut buf, kind as u8, *seq, s.index);
     s.index += 1;
-    pool.put(buf);
+    pool.put(buf, pooled);
     if writer.send_wire(wire).await.is_err() {
         *gone = true;
     }

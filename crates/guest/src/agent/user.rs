@@ -7,6 +7,8 @@ use hearth_proto::pb;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const PASSWD: &str = "/etc/passwd";
+/// The image's default environment (language images set PATH, LANG, LC_ALL, ...).
+const ETC_ENVIRONMENT: &str = "/etc/environment";
 
 /// One line of `/etc/passwd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,18 +133,84 @@ pub enum EnvError {
     BadValue(String),
 }
 
-/// The child's environment: defaults (unless `clear_env`), then the request's
-/// variables in order, a later one replacing an earlier one with the same key.
+/// Parses `/etc/environment` (pam_env's simple format): `KEY=VALUE` lines,
+/// an optional `export ` prefix, a value optionally in matching single or
+/// double quotes; blank lines, `#` comments and malformed lines are skipped.
+/// A later line replaces an earlier one with the same key.
+pub fn parse_environment(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let valid_key = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key || value.contains('\0') {
+            continue;
+        }
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| {
+                value
+                    .strip_prefix(*q)
+                    .and_then(|v| v.strip_suffix(*q))
+                    .filter(|_| value.len() >= 2)
+            })
+            .unwrap_or(value);
+        match out.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => out.push((key.to_owned(), value.to_owned())),
+        }
+    }
+    out
+}
+
+/// The child's environment: unless `clear_env`, `/etc/environment` (when it
+/// exists) with PATH and LANG defaults filling gaps and HOME set to the
+/// identity's home; then the request's variables in order, a later one
+/// replacing an earlier one with the same key.
 pub fn build_env(
     clear_env: bool,
     extra: &[pb::EnvVar],
     home: &str,
 ) -> Result<Vec<(String, String)>, EnvError> {
+    build_env_with(clear_env, extra, home, || {
+        std::fs::read_to_string(ETC_ENVIRONMENT).ok()
+    })
+}
+
+/// [`build_env`] with the `/etc/environment` text supplied (read lazily, only
+/// when defaults are wanted).
+pub fn build_env_with(
+    clear_env: bool,
+    extra: &[pb::EnvVar],
+    home: &str,
+    etc_environment: impl FnOnce() -> Option<String>,
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut env: Vec<(String, String)> = Vec::new();
     if !clear_env {
-        env.push(("PATH".into(), DEFAULT_PATH.into()));
-        env.push(("HOME".into(), home.into()));
-        env.push(("LANG".into(), "C.UTF-8".into()));
+        env = etc_environment()
+            .map(|t| parse_environment(&t))
+            .unwrap_or_default();
+        // PATH and LANG fill gaps; HOME belongs to the user the child runs
+        // as, so it replaces the image's.
+        for (key, value, replace) in [
+            ("PATH", DEFAULT_PATH, false),
+            ("HOME", home, true),
+            ("LANG", "C.UTF-8", false),
+        ] {
+            match env.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) if replace => slot.1 = value.into(),
+                Some(_) => {}
+                None => env.push((key.into(), value.into())),
+            }
+        }
     }
     for v in extra {
         if v.key.is_empty() || v.key.contains('=') || v.key.contains('\0') {
@@ -272,7 +340,7 @@ mod tests {
                 value: "2".into(),
             },
         ];
-        let env = build_env(false, &extra, "/home/a").unwrap();
+        let env = build_env_with(false, &extra, "/home/a", || None).unwrap();
         assert_eq!(
             env,
             vec![
@@ -282,6 +350,84 @@ mod tests {
                 ("FOO".into(), "2".into()),
             ]
         );
+    }
+
+    const ETC_ENV: &str = "# image defaults\n\
+                           PATH=/opt/lang/bin:/usr/bin:/bin\n\
+                           HOME=/root\n\
+                           \n\
+                           LC_ALL=\"C.UTF-8\"\n\
+                           export GOPATH='/root/go'\n\
+                           EMPTY=\n\
+                           SPACED = x\n\
+                           1BAD=x\n\
+                           no equals sign\n\
+                           QUOTE=\"\n\
+                           LC_ALL=C.UTF-8\n";
+
+    #[test]
+    fn parses_etc_environment_lines() {
+        assert_eq!(
+            parse_environment(ETC_ENV),
+            vec![
+                ("PATH".into(), "/opt/lang/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), "/root".into()),
+                ("LC_ALL".into(), "C.UTF-8".into()),
+                ("GOPATH".into(), "/root/go".into()),
+                ("EMPTY".into(), "".into()),
+                ("QUOTE".into(), "\"".into()),
+            ]
+        );
+        assert!(parse_environment("").is_empty());
+    }
+
+    #[test]
+    fn etc_environment_is_the_base_then_defaults_fill_gaps_then_request_wins() {
+        let extra = [pb::EnvVar {
+            key: "GOPATH".into(),
+            value: "/work".into(),
+        }];
+        let env = build_env_with(false, &extra, "/home/alice", || Some(ETC_ENV.into())).unwrap();
+        let get = |k: &str| {
+            let hits: Vec<&String> = env
+                .iter()
+                .filter(|(key, _)| key == k)
+                .map(|(_, v)| v)
+                .collect();
+            assert!(
+                hits.len() <= 1,
+                "{k} appears {} times in {env:?}",
+                hits.len()
+            );
+            hits.first().map(|v| v.as_str())
+        };
+        assert_eq!(get("PATH"), Some("/opt/lang/bin:/usr/bin:/bin"));
+        assert_eq!(
+            get("HOME"),
+            Some("/home/alice"),
+            "HOME follows the identity"
+        );
+        assert_eq!(get("LANG"), Some("C.UTF-8"), "LANG default fills the gap");
+        assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
+        assert_eq!(get("GOPATH"), Some("/work"));
+        assert_eq!(get("EMPTY"), Some(""));
+
+        let lang_set =
+            build_env_with(false, &[], "/root", || Some("LANG=de_DE.UTF-8\n".into())).unwrap();
+        assert_eq!(
+            lang_set,
+            vec![
+                ("LANG".into(), "de_DE.UTF-8".into()),
+                ("PATH".into(), DEFAULT_PATH.into()),
+                ("HOME".into(), "/root".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn clear_env_does_not_read_etc_environment() {
+        let env = build_env_with(true, &[], "/", || panic!("must not be read")).unwrap();
+        assert!(env.is_empty());
     }
 
     #[test]

@@ -5,9 +5,17 @@
 //! `prio` first, so an output flood cannot delay a pong by more than one
 //! batch. Both queues are bounded: when the host stops reading, senders wait
 //! (backpressure) instead of growing memory.
+//!
+//! The socket sits behind a lock that the writer task holds for a whole batch.
+//! [`Writer::send`] (pongs, results, errors) writes straight from the caller
+//! when the lock is free and the socket takes the frame at once, saving the
+//! hop to the writer task; otherwise it queues on `prio`.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hearth_proto::{pb, Frame, Message};
@@ -39,11 +47,14 @@ enum Out {
 #[error("connection writer is closed")]
 pub struct Closed;
 
+type Sink = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+
 /// Cheap handle to the connection's writer.
 #[derive(Clone)]
 pub struct Writer {
     data: mpsc::Sender<Out>,
     prio: mpsc::Sender<Out>,
+    sink: Sink,
     max_frame_len: u32,
 }
 
@@ -55,10 +66,12 @@ impl Writer {
     {
         let (data, data_rx) = mpsc::channel(DATA_QUEUE);
         let (prio, prio_rx) = mpsc::channel(PRIO_QUEUE);
-        tokio::spawn(run(sink, data_rx, prio_rx, max_frame_len));
+        let sink: Sink = Arc::new(tokio::sync::Mutex::new(Box::new(sink)));
+        tokio::spawn(run(sink.clone(), data_rx, prio_rx, max_frame_len));
         Writer {
             data,
             prio,
+            sink,
             max_frame_len,
         }
     }
@@ -78,9 +91,37 @@ impl Writer {
         self.data.send(Out::Wire(wire)).await.map_err(|_| Closed)
     }
 
-    /// Queues a control frame (pong, result, error) ahead of bulk data.
+    /// Sends a control frame (pong, result, error) ahead of bulk data:
+    /// written from here when no batch is being written and the socket takes
+    /// it now, else queued on the priority queue.
     pub async fn send(&self, seq: u32, msg: &Message) -> Result<(), Closed> {
         let frame = self.frame(seq, msg);
+        if let Ok(mut sink) = self.sink.clone().try_lock_owned() {
+            let mut wire = BytesMut::with_capacity(frame.wire_len() + 4);
+            if frame.encode(&mut wire, self.max_frame_len).is_ok() {
+                // One poll, without a waker: the writer task registers its own
+                // the next time it writes (it cannot be waiting now: it would
+                // hold the lock).
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut *sink).poll_write(&mut cx, &wire) {
+                    Poll::Ready(Ok(n)) if n == wire.len() => {
+                        let _ = Pin::new(&mut *sink).poll_flush(&mut cx);
+                        return Ok(());
+                    }
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        // Half a frame is out: finish it before anyone else writes.
+                        let rest = wire.split_off(n);
+                        tokio::spawn(async move {
+                            let _ = sink.write_all(&rest).await;
+                            let _ = sink.flush().await;
+                        });
+                        return Ok(());
+                    }
+                    Poll::Ready(_) => return Err(Closed),
+                    Poll::Pending => {}
+                }
+            }
+        }
         self.prio.send(Out::Frame(frame)).await.map_err(|_| Closed)
     }
 
@@ -116,14 +157,12 @@ impl Writer {
     }
 }
 
-async fn run<W>(
-    mut sink: W,
+async fn run(
+    sink: Sink,
     mut data_rx: mpsc::Receiver<Out>,
     mut prio_rx: mpsc::Receiver<Out>,
     max_frame_len: u32,
-) where
-    W: AsyncWrite + Unpin,
-{
+) {
     // Small frames are encoded into `small`; a batch is the list of buffers
     // written with one `writev` (or a few, if the socket takes less).
     let mut small = BytesMut::new();
@@ -175,23 +214,26 @@ async fn run<W>(
         if !small.is_empty() {
             parts.push_back(small.split().freeze());
         }
-        if let Err(e) = write_parts(&mut sink, &mut parts).await {
-            tracing::debug!(error = %e, "connection write failed");
-            return;
+        {
+            let mut sink = sink.lock().await;
+            if let Err(e) = write_parts(&mut *sink, &mut parts).await {
+                tracing::debug!(error = %e, "connection write failed");
+                return;
+            }
+            if let Err(e) = sink.flush().await {
+                tracing::debug!(error = %e, "connection flush failed");
+                return;
+            }
         }
         // Do not keep a large batch buffer around on an idle connection.
         if small.capacity() > BATCH_BYTES * 2 {
             small = BytesMut::new();
         }
-        if let Err(e) = sink.flush().await {
-            tracing::debug!(error = %e, "connection flush failed");
-            return;
-        }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
     }
-    let _ = sink.shutdown().await;
+    let _ = sink.lock().await.shutdown().await;
 }
 
 /// Writes every buffer in `parts`, in order, with vectored writes.

@@ -2,8 +2,10 @@
 //!
 //! Boot sequence: record CLOCK_BOOTTIME → early mounts (proc, sys, dev, devpts,
 //! shm, run, tmp, cgroup2) → parse `/proc/cmdline` → hostname, `lo` up → load
-//! the initramfs's kernel modules in manifest order → set up the root
-//! (`hearth.root=`) → start the agent → reap forever.
+//! the kernel modules this boot needs, in manifest order → set up the root
+//! (`hearth.root=`, `hearth.lowerfs=`) and `/persist` (`hearth.persist=`) →
+//! `/in`, `/out` → the NIC (`hearth.net=`) and `/etc/resolv.conf`
+//! (`hearth.dns=`) in the final root → start the agent → reap forever.
 //!
 //! Process design: the agent is a *child* of init (this binary re-executed as
 //! `hearth-guest agent`), never PID 1 itself. Orphans are re-parented to PID 1,
@@ -18,15 +20,18 @@
 //! prints its status, syncs and powers off. A panic hook does the same if a bug
 //! slips through.
 //!
-//! Files: [`cmdline`] (pure parser), [`mounts`], [`modules`], [`rootfs`],
+//! Files: [`cmdline`] (pure parser), [`mounts`], [`modules`], [`disks`]
+//! (devices by path or virtio serial), [`rootfs`], [`net`] (NIC, resolver),
 //! [`loopback`], [`reaper`] (signals, agent, waitpid loop), [`power`],
 //! [`console`].
 
 mod cmdline;
 mod console;
+mod disks;
 mod loopback;
 mod modules;
 mod mounts;
+mod net;
 mod power;
 mod reaper;
 mod rootfs;
@@ -110,7 +115,14 @@ pub fn run() -> ! {
         console::line(&format!("{} failed: {} (continuing)", e.what, e.source));
     }
 
-    let report = match modules::load_all() {
+    let overlay_root = matches!(cmdline.root, cmdline::RootSpec::Overlay { .. });
+    let needs = modules::Needs {
+        disks: overlay_root || cmdline.persist.is_some(),
+        overlay: overlay_root,
+        squashfs: overlay_root && cmdline.lowerfs == cmdline::LowerFs::Squashfs,
+        net: cmdline.net.is_some(),
+    };
+    let report = match modules::load(&needs) {
         Ok(r) => r,
         Err(e) => fail(e),
     };
@@ -119,10 +131,27 @@ pub fn run() -> ! {
             console::line(&format!("module {path} {} us", took.as_micros()));
         }
     }
-    let rootfs = match rootfs::setup(&cmdline.root) {
+    let rootfs = match rootfs::setup(&cmdline.root, cmdline.lowerfs, cmdline.persist.as_ref()) {
         Ok(d) => d,
         Err(e) => fail(e),
     };
+    let net_start = Instant::now();
+    if let Some(spec) = &cmdline.net {
+        match net::configure(spec) {
+            Ok(ifname) if cmdline.debug => console::line(&format!(
+                "{ifname} {}/{} via {:?}",
+                spec.addr, spec.prefix, spec.gateway
+            )),
+            Ok(_) => {}
+            Err(e) => fail(e),
+        }
+    }
+    if !cmdline.dns.is_empty() {
+        if let Err(e) = net::write_resolv_conf(&cmdline.dns) {
+            fail(e)
+        }
+    }
+    let net_time = net_start.elapsed();
 
     let env = vec![
         (
@@ -148,17 +177,24 @@ pub fn run() -> ! {
             "HEARTH_BOOT_ROOTFS_US".into(),
             rootfs.as_micros().to_string(),
         ),
+        (
+            "HEARTH_BOOT_NET_US".into(),
+            net_time.as_micros().to_string(),
+        ),
     ];
     let agent = match reaper::spawn_agent(&env) {
         Ok(pid) => pid,
         Err(e) => fail(e),
     };
     console::line(&format!(
-        "ready in {} ms (kernel {} ms, modules {} ms, {} loaded), agent pid {agent}",
+        "ready in {} ms (kernel {} ms, modules {} ms, {} loaded, {} skipped, root {} ms, net {} ms), agent pid {agent}",
         t0.elapsed().as_millis(),
         init_start_us / 1000,
         report.total.as_millis(),
         report.loaded,
+        report.skipped,
+        rootfs.as_millis(),
+        net_time.as_millis(),
     ));
 
     let exit = reaper::supervise(agent);

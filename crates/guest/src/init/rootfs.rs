@@ -1,46 +1,72 @@
-//! The root filesystem, chosen by `hearth.root=` on the kernel command line.
+//! The root filesystem, chosen by `hearth.root=` on the kernel command line,
+//! plus the optional persist volume.
 //!
 //! - `initramfs` (default): stay on the kernel's rootfs. `pivot_root` cannot
-//!   leave rootfs, so nothing happens here.
-//! - `overlay:LOWER:UPPER`: mount LOWER (squashfs, read-only) and UPPER (ext4)
-//!   under `/mnt`, overlay them at `/newroot`, move the early mounts into it and
+//!   leave rootfs, so nothing is switched; the persist volume is mounted at
+//!   `/persist` directly.
+//! - `overlay:LOWER:UPPER`: mount LOWER (read-only squashfs or ext4, per
+//!   `hearth.lowerfs`) and UPPER (ext4) under `/mnt`, overlay them at
+//!   `/newroot`, mount the persist volume at `/newroot/persist`, move the early
+//!   mounts (`/dev`, `/proc`, `/sys`, `/run`, the `/tmp` tmpfs) into it and
 //!   switch root the way `switch_root` does (move-mount onto `/`, chroot). The
 //!   initramfs stays in memory; the agent is re-executed through
 //!   `/proc/self/exe`, which still resolves after the switch.
+//!
+//! Every disk is located (and waited for) before anything is mounted, so a
+//! missing disk fails the boot with a clear console line and nothing half-done.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
-use super::cmdline::RootSpec;
+use super::cmdline::{DeviceRef, LowerFs, RootSpec};
+use super::disks::wait_for;
 use super::mounts::ensure_dir;
 use super::InitError;
 
-/// Sets up the root described by `spec`; returns how long it took.
-pub fn setup(spec: &RootSpec) -> Result<Duration, InitError> {
+/// Directories every sandbox has, created (mode 1777) when the root lacks them.
+const SHARED_DIRS: [&str; 2] = ["/in", "/out"];
+
+/// Sets up the root described by `spec` (and `/persist` when `persist` is
+/// set); returns how long it took.
+pub fn setup(
+    spec: &RootSpec,
+    lowerfs: LowerFs,
+    persist: Option<&DeviceRef>,
+) -> Result<Duration, InitError> {
     let start = Instant::now();
     match spec {
-        RootSpec::Initramfs => {}
-        RootSpec::Overlay { lower, upper } => overlay(lower, upper)?,
+        RootSpec::Initramfs => {
+            if let Some(dev) = persist {
+                let node = wait_for(dev, "persist")?;
+                mount_persist(&node, "/persist")?;
+            }
+        }
+        RootSpec::Overlay { lower, upper } => {
+            let lower = wait_for(lower, "root lower")?;
+            let upper = wait_for(upper, "root upper")?;
+            let persist = persist.map(|d| wait_for(d, "persist")).transpose()?;
+            overlay(&lower, lowerfs, &upper, persist.as_deref())?;
+        }
+    }
+    for dir in SHARED_DIRS {
+        ensure_shared_dir(Path::new(dir))?;
     }
     Ok(start.elapsed())
 }
 
-/// Waits briefly for a block device node: drivers probe when their module
-/// loads, but devtmpfs nodes may appear a moment later.
-fn wait_for_device(dev: &Path) -> Result<(), InitError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !dev.exists() {
-        if Instant::now() > deadline {
-            return Err(InitError::io(
-                format!("wait for root device {}", dev.display()),
-                std::io::ErrorKind::NotFound.into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+/// Creates `dir` with mode 1777 if it is missing; an existing one is left as is.
+fn ensure_shared_dir(dir: &Path) -> Result<(), InitError> {
+    if dir.exists() {
+        return Ok(());
     }
-    Ok(())
+    ensure_dir(dir, 0o1777)?;
+    // mkdir applies the umask; the sticky, world-writable mode is explicit.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| InitError::io(format!("chmod 1777 {}", dir.display()), e))
 }
 
 fn do_mount(
@@ -51,28 +77,59 @@ fn do_mount(
     data: Option<&str>,
 ) -> Result<(), InitError> {
     ensure_dir(Path::new(target), 0o755)?;
-    mount(Some(source), target, fstype, flags, data).map_err(|e| {
-        InitError::io(
-            format!(
-                "mount {} on {target} ({})",
-                source.display(),
-                fstype.unwrap_or("move")
-            ),
-            e.into(),
-        )
-    })
+    mount(Some(source), target, fstype, flags, data)
+        .map_err(|e| mount_error(source, target, fstype, e))
 }
 
-fn overlay(lower: &Path, upper: &Path) -> Result<(), InitError> {
-    wait_for_device(lower)?;
-    wait_for_device(upper)?;
+fn mount_error(source: &Path, target: &str, fstype: Option<&str>, e: Errno) -> InitError {
+    InitError::io(
+        format!(
+            "mount {} on {target} ({})",
+            source.display(),
+            fstype.unwrap_or("move")
+        ),
+        e.into(),
+    )
+}
+
+/// The persist volume: ext4, no device nodes or setuid from it.
+fn mount_persist(node: &Path, target: &str) -> Result<(), InitError> {
     do_mount(
-        lower,
-        "/mnt/lower",
-        Some("squashfs"),
-        MsFlags::MS_RDONLY,
+        node,
+        target,
+        Some("ext4"),
+        MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
         None,
-    )?;
+    )
+}
+
+/// The read-only lower layer. An ext4 image whose journal needs replaying
+/// cannot be mounted from a read-only disk; `noload` skips the replay.
+fn mount_lower(node: &Path, fs: LowerFs) -> Result<(), InitError> {
+    let target = "/mnt/lower";
+    ensure_dir(Path::new(target), 0o755)?;
+    let fstype = Some(fs.fstype());
+    match mount(Some(node), target, fstype, MsFlags::MS_RDONLY, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(_) if fs == LowerFs::Ext4 => mount(
+            Some(node),
+            target,
+            fstype,
+            MsFlags::MS_RDONLY,
+            Some("noload"),
+        )
+        .map_err(|e| mount_error(node, target, fstype, e)),
+        Err(e) => Err(mount_error(node, target, fstype, e)),
+    }
+}
+
+fn overlay(
+    lower: &Path,
+    lowerfs: LowerFs,
+    upper: &Path,
+    persist: Option<&Path>,
+) -> Result<(), InitError> {
+    mount_lower(lower, lowerfs)?;
     do_mount(upper, "/mnt/upper", Some("ext4"), MsFlags::MS_NOATIME, None)?;
     ensure_dir(Path::new("/mnt/upper/upper"), 0o755)?;
     ensure_dir(Path::new("/mnt/upper/work"), 0o755)?;
@@ -83,6 +140,9 @@ fn overlay(lower: &Path, upper: &Path) -> Result<(), InitError> {
         MsFlags::empty(),
         Some("lowerdir=/mnt/lower,upperdir=/mnt/upper/upper,workdir=/mnt/upper/work"),
     )?;
+    if let Some(node) = persist {
+        mount_persist(node, "/newroot/persist")?;
+    }
     for m in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
         do_mount(
             Path::new(m),

@@ -24,6 +24,78 @@ pub struct QemuArgs {
     pub console_log: PathBuf,
     /// The vhost-user socket served by vhost-device-vsock; `None` for no vsock.
     pub vhost_socket: Option<PathBuf>,
+    /// virtio-blk disks, in order.
+    pub drives: Vec<Drive>,
+    /// Attach a virtio-net NIC on QEMU's user-mode network (slirp). `false`
+    /// means no NIC at all (`-nodefaults` removes QEMU's default one).
+    pub user_net: bool,
+}
+
+/// Host page cache policy of a disk.
+///
+/// `Writeback` (QEMU's default) is used for every writable disk: writes go
+/// through the host page cache and a guest flush (fsync, journal commit, the
+/// sync init does before power-off) becomes a host `fdatasync`, so what the
+/// guest made durable survives a host crash. `unsafe` would drop those
+/// flushes: a little faster, but an upper layer or `/persist` volume could be
+/// left corrupt by a host crash, which a persistent volume must not risk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskCache {
+    Writeback,
+}
+
+impl DiskCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskCache::Writeback => "writeback",
+        }
+    }
+}
+
+/// One virtio-blk disk on the microvm's virtio-mmio bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    /// QEMU drive id (letters, digits, `-`, `_`).
+    pub id: String,
+    pub file: PathBuf,
+    /// The virtio-blk serial the guest finds the disk by (at most 20 bytes).
+    pub serial: String,
+    pub readonly: bool,
+    pub cache: DiskCache,
+}
+
+/// Escapes a value for a QEMU `-drive`/`-device` option list (`,` → `,,`).
+fn qemu_opt_value(p: &std::ffi::OsStr) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::with_capacity(p.len());
+    for &b in p.as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// `-drive …` and `-device virtio-blk-device,…` for one disk.
+pub fn drive_args(d: &Drive) -> [OsString; 4] {
+    let mut drive = OsString::from(format!("id={},file=", d.id));
+    drive.push(qemu_opt_value(d.file.as_os_str()));
+    drive.push(",format=raw,if=none");
+    if d.readonly {
+        drive.push(",readonly=on");
+    } else {
+        drive.push(format!(",cache={}", d.cache.as_str()));
+    }
+    [
+        os("-drive"),
+        drive,
+        os("-device"),
+        os(format!(
+            "virtio-blk-device,drive={},serial={}",
+            d.id, d.serial
+        )),
+    ]
 }
 
 fn os(s: impl Into<OsString>) -> OsString {
@@ -87,6 +159,17 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
             os("vhost-user-vsock-device,chardev=vs"),
         ]);
     }
+    for d in &a.drives {
+        v.extend(drive_args(d));
+    }
+    if a.user_net {
+        v.extend([
+            os("-netdev"),
+            os("user,id=n0"),
+            os("-device"),
+            os("virtio-net-device,netdev=n0"),
+        ]);
+    }
     v
 }
 
@@ -114,6 +197,8 @@ mod tests {
             cmdline_extra: "hearth.debug=1".into(),
             console_log: "/vm/console.log".into(),
             vhost_socket: Some("/vm/vhost.sock".into()),
+            drives: Vec::new(),
+            user_net: false,
         }
     }
 
@@ -187,6 +272,64 @@ mod tests {
         assert!(!v
             .iter()
             .any(|x| x == "-initrd" || x == "-chardev" || x == "-device"));
+    }
+
+    fn disks() -> Vec<Drive> {
+        vec![
+            Drive {
+                id: "lower".into(),
+                file: "/cache/rootfs/python-0123.squashfs".into(),
+                serial: "hearth-lower".into(),
+                readonly: true,
+                cache: DiskCache::Writeback,
+            },
+            Drive {
+                id: "upper".into(),
+                file: "/vm,1/upper.ext4".into(),
+                serial: "hearth-upper".into(),
+                readonly: false,
+                cache: DiskCache::Writeback,
+            },
+        ]
+    }
+
+    #[test]
+    fn disks_are_virtio_blk_with_serials_readonly_lower_and_escaped_paths() {
+        let mut a = args();
+        a.drives = disks();
+        let v = strs(&qemu_argv(&a));
+        assert_eq!(
+            value_after(&v, "-drive"),
+            [
+                "id=lower,file=/cache/rootfs/python-0123.squashfs,format=raw,if=none,readonly=on",
+                "id=upper,file=/vm,,1/upper.ext4,format=raw,if=none,cache=writeback",
+            ]
+        );
+        assert_eq!(
+            value_after(&v, "-device"),
+            [
+                "vhost-user-vsock-device,chardev=vs",
+                "virtio-blk-device,drive=lower,serial=hearth-lower",
+                "virtio-blk-device,drive=upper,serial=hearth-upper",
+            ]
+        );
+        assert!(!v.iter().any(|x| x == "-netdev"));
+    }
+
+    #[test]
+    fn user_net_adds_one_virtio_nic_and_none_adds_nothing() {
+        let mut a = args();
+        a.user_net = true;
+        let v = strs(&qemu_argv(&a));
+        assert_eq!(value_after(&v, "-netdev"), ["user,id=n0"]);
+        assert!(value_after(&v, "-device")
+            .iter()
+            .any(|d| d == "virtio-net-device,netdev=n0"));
+        a.user_net = false;
+        let v = strs(&qemu_argv(&a));
+        assert!(!v.iter().any(|x| x == "-netdev" || x.contains("virtio-net")));
+        // -nodefaults keeps QEMU from adding a NIC of its own.
+        assert!(v.iter().any(|x| x == "-nodefaults"));
     }
 
     #[test]

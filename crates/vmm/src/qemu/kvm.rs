@@ -83,6 +83,8 @@ pub async fn probe(qemu: &Path, kernel: &Path, work_dir: &Path) -> Result<Accel,
         cmdline_extra: String::new(),
         console_log: console.clone(),
         vhost_socket: None,
+        drives: Vec::new(),
+        user_net: false,
     };
     let (mut child, id) = spawn_detached(qemu, &qemu_argv(&args), &qlog)?;
     let deadline = Instant::now() + PROBE_WATCHDOG;

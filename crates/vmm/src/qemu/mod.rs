@@ -155,9 +155,6 @@ impl QemuFactory {
     /// Boots a VM; on any failure everything started here is killed again.
     pub async fn boot(&self, cfg: &SandboxConfig) -> Result<(VmHandle, Client), VmmError> {
         cfg.validate()?;
-        match cfg.network {
-            Network::None => {}
-        }
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| VmmError::io("cannot create vm directory", dir, e))?;
@@ -201,9 +198,11 @@ impl QemuFactory {
             mem_mib: cfg.mem_mib,
             kernel: cfg.kernel.clone(),
             initrd: Some(cfg.initrd.clone()),
-            cmdline_extra: cfg.cmdline_extra.clone(),
+            cmdline_extra: guest_cmdline(cfg),
             console_log: dir.join(files::CONSOLE_LOG),
             vhost_socket: Some(vhost_sock),
+            drives: drives(cfg),
+            user_net: cfg.network == Network::AllowAll,
         };
         let qemu_log = dir.join(files::QEMU_LOG);
         let (mut qchild, qemu) =
@@ -262,6 +261,51 @@ impl QemuFactory {
     }
 }
 
+/// The disks of `cfg`: lower (read-only) and upper, then the persist volume.
+pub fn drives(cfg: &SandboxConfig) -> Vec<cmdline::Drive> {
+    use crate::guest_contract::{LOWER_SERIAL, PERSIST_SERIAL, UPPER_SERIAL};
+    let mut v = Vec::new();
+    let disk = |id: &str, file: &Path, serial: &str, readonly: bool| cmdline::Drive {
+        id: id.into(),
+        file: file.into(),
+        serial: serial.into(),
+        readonly,
+        cache: cmdline::DiskCache::Writeback,
+    };
+    if let Some(root) = &cfg.root {
+        v.push(disk("lower", &root.image, LOWER_SERIAL, true));
+        v.push(disk("upper", &root.upper, UPPER_SERIAL, false));
+    }
+    if let Some(p) = &cfg.persist {
+        v.push(disk("persist", p, PERSIST_SERIAL, false));
+    }
+    v
+}
+
+/// The `hearth.*` words for `cfg` (see [`crate::guest_contract`]), then the
+/// caller's own extra words.
+pub fn guest_cmdline(cfg: &SandboxConfig) -> String {
+    let valid_host = !cfg.id.is_empty()
+        && cfg.id.len() <= 64
+        && cfg
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !cfg.id.starts_with('-');
+    let spec = crate::guest_contract::GuestSpec {
+        hostname: valid_host.then(|| cfg.id.clone()),
+        lowerfs: cfg.root.as_ref().map(|r| r.fs),
+        persist: cfg.persist.is_some(),
+        network: cfg.network == Network::AllowAll,
+    };
+    let mut words = crate::guest_contract::kernel_args(&spec);
+    let extra = cfg.cmdline_extra.trim();
+    if !extra.is_empty() {
+        words.push(extra.to_string());
+    }
+    words.join(" ")
+}
+
 fn write_pid(path: &Path, id: ProcessId) {
     // Informational only (the DB is the source of truth); failure is logged.
     if let Err(e) = std::fs::write(path, format!("{} {}\n", id.pid, id.start_time)) {
@@ -301,5 +345,75 @@ impl SandboxFactory for QemuFactory {
     async fn create(&self, config: SandboxConfig) -> Result<QemuSandbox, VmmError> {
         let (handle, client) = self.boot(&config).await?;
         Ok(QemuSandbox { handle, client })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_contract::LowerFs;
+    use crate::sandbox::RootDisks;
+
+    fn cfg() -> SandboxConfig {
+        SandboxConfig {
+            id: "ab12cd34".into(),
+            cpus: 1,
+            mem_mib: 256,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline_extra: "hearth.debug=1".into(),
+            network: Network::None,
+            root: None,
+            persist: None,
+            dir: "/vm".into(),
+            boot_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn initramfs_vm_has_no_disks_and_only_hostname() {
+        let c = cfg();
+        assert!(drives(&c).is_empty());
+        assert_eq!(guest_cmdline(&c), "hearth.hostname=ab12cd34 hearth.debug=1");
+    }
+
+    #[test]
+    fn language_vm_with_persist_and_network() {
+        let mut c = cfg();
+        c.cmdline_extra.clear();
+        c.root = Some(RootDisks {
+            image: "/img.squashfs".into(),
+            fs: LowerFs::Squashfs,
+            upper: "/vm/upper.ext4".into(),
+        });
+        c.persist = Some("/state/persist/p.ext4".into());
+        c.network = Network::AllowAll;
+        let d = drives(&c);
+        let summary: Vec<(&str, &str, bool)> = d
+            .iter()
+            .map(|d| (d.id.as_str(), d.serial.as_str(), d.readonly))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("lower", "hearth-lower", true),
+                ("upper", "hearth-upper", false),
+                ("persist", "hearth-persist", false)
+            ]
+        );
+        assert_eq!(
+            guest_cmdline(&c),
+            "hearth.hostname=ab12cd34 \
+             hearth.root=overlay:serial:hearth-lower:serial:hearth-upper \
+             hearth.lowerfs=squashfs hearth.persist=serial:hearth-persist \
+             hearth.net=10.0.2.15/24,10.0.2.2 hearth.dns=10.0.2.3"
+        );
+    }
+
+    #[test]
+    fn odd_ids_get_no_hostname_word() {
+        let mut c = cfg();
+        c.id = "bench vm/1".into();
+        assert!(!guest_cmdline(&c).contains("hearth.hostname"));
     }
 }

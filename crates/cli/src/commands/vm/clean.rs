@@ -1,4 +1,5 @@
-//! `hearth vm clean`: stop VMs if needed, remove their directories and records.
+//! `hearth vm clean`: stop VMs if needed, remove their directories (with the
+//! upper disks) and records, and their persist volumes unless `--keep-persist`.
 
 use super::common::{destroy_vm, select};
 use crate::state::{State, VmStatus};
@@ -9,7 +10,7 @@ pub struct Args {
     pub vm: Vec<String>,
     #[arg(long)]
     pub all: bool,
-    /// Leave VMs created with --persist alone.
+    /// Keep the persist volumes (attach one again with `vm create --persist-name`).
     #[arg(long)]
     pub keep_persist: bool,
 }
@@ -18,11 +19,7 @@ pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
     let recs = select(state, &a.vm, a.all, |r| r.status != VmStatus::Creating).await?;
     let mut failed = 0;
     for r in recs {
-        if a.keep_persist && r.persist {
-            eprintln!("hearth: keeping persistent vm {}", r.id);
-            continue;
-        }
-        match destroy_vm(state, &r).await {
+        match destroy_vm(state, &r, a.keep_persist).await {
             Ok(()) => println!("{}", r.id),
             Err(e) => {
                 eprintln!("hearth: cannot clean vm {}: {e:#}", r.id);

@@ -1,16 +1,14 @@
-//! What several `vm` subcommands (and `hearth run`) share: booting a VM with its
-//! record, reaching a running VM, streaming an exec, stopping and removing.
+//! What several `vm` subcommands (and `hearth run`) share: reaching a running VM,
+//! streaming an exec, stopping and removing. Booting is in `boot.rs`.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use hearth_client::{pb, Client, ExecEvent};
-use hearth_vmm::{Accel, ProcessId, QemuFactory, SandboxConfig, VmHandle};
+use hearth_vmm::VmHandle;
 
-use crate::commands::image;
-use crate::state::{new_vm_id, now_secs, State, VmRecord, VmStatus};
+use crate::state::{State, VmRecord, VmStatus};
 
 /// A spinner on stderr when it is a terminal, plain lines otherwise.
 pub struct Progress {
@@ -46,144 +44,6 @@ impl Drop for Progress {
     }
 }
 
-/// What `vm create` and `hearth run` ask for.
-#[derive(Debug, Clone)]
-pub struct CreateOpts {
-    pub language: String,
-    pub image: Option<PathBuf>,
-    pub cpus: u32,
-    pub mem_mib: u32,
-    pub network: String,
-    pub kernel: Option<PathBuf>,
-    pub persist: bool,
-    pub name: Option<String>,
-    pub boot_timeout: Option<Duration>,
-}
-
-/// Boot deadline: explicit, else `HEARTH_BOOT_TIMEOUT` (seconds), else 60 s under
-/// TCG and 15 s under KVM.
-fn boot_timeout(explicit: Option<Duration>, accel: Accel) -> Duration {
-    explicit
-        .or_else(|| {
-            std::env::var("HEARTH_BOOT_TIMEOUT")
-                .ok()
-                .and_then(|v| v.parse::<f64>().ok())
-                .map(Duration::from_secs_f64)
-        })
-        .unwrap_or(match accel {
-            Accel::Tcg => Duration::from_secs(60),
-            Accel::Kvm => Duration::from_secs(15),
-        })
-}
-
-/// Validates, builds the image, boots, and records the VM. The DB is touched only
-/// in short transactions: `creating` before boot, `running` after READY.
-pub async fn create_vm(state: &State, o: &CreateOpts) -> anyhow::Result<(VmRecord, Client)> {
-    if o.mem_mib < hearth_vmm::MIN_MEM_MIB {
-        bail!(
-            "--mem {} MiB is below the minimum of {} MiB a guest needs to boot",
-            o.mem_mib,
-            hearth_vmm::MIN_MEM_MIB
-        );
-    }
-    if o.cpus == 0 || o.cpus > hearth_vmm::MAX_CPUS {
-        bail!(
-            "--cpu {} is out of range (1..={})",
-            o.cpus,
-            hearth_vmm::MAX_CPUS
-        );
-    }
-    if o.network != "none" {
-        bail!("--network {} is not supported yet (only none)", o.network);
-    }
-    if !matches!(o.language.as_str(), "none" | "") {
-        bail!("language images are not built yet: {}", o.language);
-    }
-    let kernel = image::kernel(o.kernel.as_deref())?;
-    let image_path = match &o.image {
-        Some(p) if p.is_file() => p.clone(),
-        Some(p) => bail!("image not found: {}", p.display()),
-        None => {
-            let st = state.clone();
-            let k = kernel.clone();
-            tokio::task::spawn_blocking(move || image::ensure(&st, &k))
-                .await??
-                .path
-        }
-    };
-    let factory = QemuFactory::detect(&kernel.path, state.dir()).await?;
-    let id = new_vm_id()?;
-    let dir = state.vms_dir().join(&id);
-    let rec = VmRecord {
-        id: id.clone(),
-        name: o.name.clone(),
-        created_at: now_secs(),
-        status: VmStatus::Creating,
-        cpus: o.cpus,
-        mem_mib: o.mem_mib,
-        language: if o.language.is_empty() {
-            "none".into()
-        } else {
-            o.language.clone()
-        },
-        image: image_path.clone(),
-        kernel: kernel.path.clone(),
-        accel: Some(factory.accel),
-        qemu: None,
-        vhost: None,
-        creator: ProcessId::of_child(std::process::id()),
-        dir: dir.clone(),
-        persist: o.persist,
-        note: None,
-    };
-    state.insert(&rec)?;
-    let cfg = SandboxConfig {
-        id: id.clone(),
-        cpus: o.cpus,
-        mem_mib: o.mem_mib,
-        kernel: kernel.path.clone(),
-        initrd: image_path,
-        cmdline_extra: String::new(),
-        network: hearth_vmm::Network::None,
-        dir,
-        boot_timeout: boot_timeout(o.boot_timeout, factory.accel),
-    };
-    let progress = Progress::start(&format!("booting vm {id} ({})", factory.accel));
-    let booted = factory.boot(&cfg).await;
-    drop(progress);
-    match booted {
-        Ok((handle, client)) => {
-            let rec = state.update(&id, |r| {
-                r.status = VmStatus::Running;
-                r.qemu = Some(handle.qemu);
-                r.vhost = Some(handle.vhost);
-                r.accel = Some(handle.accel);
-                r.creator = None;
-            });
-            match rec {
-                Ok(rec) => Ok((rec, client)),
-                Err(e) => {
-                    // Not recorded as running: do not leave it behind unrecorded.
-                    handle.kill().await;
-                    Err(e)
-                }
-            }
-        }
-        Err(e) => {
-            let note = format!("{e}");
-            let first = note.lines().next().unwrap_or_default().to_string();
-            if let Err(db) = state.update(&id, |r| {
-                r.status = VmStatus::Failed;
-                r.creator = None;
-                r.note = Some(first);
-            }) {
-                tracing::warn!(error = %db, "cannot record the failed boot");
-            }
-            Err(anyhow::Error::new(e))
-        }
-    }
-}
-
 /// The record of a running VM and a connection to its agent.
 pub async fn connect_running(
     state: &State,
@@ -192,7 +52,7 @@ pub async fn connect_running(
     let rec = state.get(id).await?;
     if rec.status != VmStatus::Running {
         bail!(
-            "vm {id} is {} (start a new one with `hearth vm create`)",
+            "vm {id} is {} (boot it again with `hearth vm start --vm {id}`)",
             rec.status.as_str()
         );
     }
@@ -272,8 +132,21 @@ pub async fn stop_vm(state: &State, rec: &VmRecord) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops a VM, removes its directory and its record.
-pub async fn destroy_vm(state: &State, rec: &VmRecord) -> anyhow::Result<()> {
+/// The environment every exec in this VM gets (its image's; empty for the
+/// bare initramfs guest).
+pub fn exec_env(rec: &VmRecord) -> Vec<pb::EnvVar> {
+    rec.env
+        .iter()
+        .map(|(k, v)| pb::EnvVar {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+/// Stops a VM, removes its directory (with its upper disk) and its record, and
+/// its persist volume unless `keep_persist`.
+pub async fn destroy_vm(state: &State, rec: &VmRecord, keep_persist: bool) -> anyhow::Result<()> {
     if rec.status == VmStatus::Creating {
         bail!(
             "vm {} is still booting; try again when it is running or failed",
@@ -286,6 +159,21 @@ pub async fn destroy_vm(state: &State, rec: &VmRecord) -> anyhow::Result<()> {
             .with_context(|| format!("cannot remove {}", rec.dir.display()))?;
     }
     state.remove(&rec.id)?;
+    if let Some(vol) = &rec.persist_volume {
+        if keep_persist {
+            let name = vol
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            eprintln!(
+                "hearth: kept the persist volume {} of vm {} (attach it with `hearth vm create --persist-name {name} ...`)",
+                vol.display(),
+                rec.id
+            );
+        } else {
+            super::boot::remove_persist_volume(vol)?;
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use hearth_client::pb;
 
 use super::common::{
-    connect_running, explain_failure, outcome_code, select, stream_exec, timeout_ms,
+    connect_running, exec_env, explain_failure, outcome_code, select, stream_exec, timeout_ms,
 };
 use crate::state::{State, VmStatus};
 
@@ -15,7 +15,8 @@ pub struct Args {
     /// Shell command (run with /bin/sh -c).
     #[arg(long)]
     pub cmd: Option<String>,
-    /// Greet each VM's agent: kernel release, PID 1, agent version.
+    /// Print hello world through each VM's language runtime (python, node, ruby,
+    /// go); a bare initramfs VM greets with its kernel release, PID 1 and agent version.
     #[arg(long)]
     pub hello: bool,
     #[arg(long)]
@@ -28,18 +29,22 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Default timeout of a `--hello` (the go one compiles first).
+const HELLO_TIMEOUT_SECS: f64 = 300.0;
+
 fn argv(cmd: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), cmd.into()]
 }
 
 /// One VM's answer, for the multi-VM and JSON outputs.
 async fn one(state: &State, id: &str, a: &Args) -> anyhow::Result<serde_json::Value> {
-    let (_rec, handle, client) = connect_running(state, id).await?;
+    let (rec, handle, client) = connect_running(state, id).await?;
     let work = async {
         if let Some(cmd) = &a.cmd {
             let r = client
                 .exec(pb::Exec {
                     argv: argv(cmd),
+                    env: exec_env(&rec),
                     timeout_ms: timeout_ms(a.timeout),
                     ..Default::default()
                 })
@@ -53,10 +58,36 @@ async fn one(state: &State, id: &str, a: &Args) -> anyhow::Result<serde_json::Va
             }))
         } else {
             let info = client.system_info().await?;
+            let (code, hello, outcome, stderr) = if rec.hello.is_empty() {
+                (
+                    0,
+                    format!("hello from vm {id}"),
+                    "exited with code 0".to_string(),
+                    String::new(),
+                )
+            } else {
+                let r = client
+                    .exec(pb::Exec {
+                        argv: rec.hello.clone(),
+                        env: exec_env(&rec),
+                        timeout_ms: timeout_ms(a.timeout.or(Some(HELLO_TIMEOUT_SECS))),
+                        ..Default::default()
+                    })
+                    .await?;
+                (
+                    hearth_client::exit_code(r.outcome.as_ref()),
+                    String::from_utf8_lossy(&r.stdout).trim_end().to_string(),
+                    hearth_client::describe_outcome(r.outcome.as_ref()),
+                    String::from_utf8_lossy(&r.stderr).into_owned(),
+                )
+            };
             anyhow::Ok(serde_json::json!({
                 "id": id,
-                "exit_code": 0,
-                "hello": format!("hello from vm {id}"),
+                "language": rec.language,
+                "exit_code": code,
+                "outcome": outcome,
+                "stderr": stderr,
+                "hello": hello,
                 "kernel_release": info.kernel_release,
                 "pid1": info.pid1,
                 "agent_version": info.agent_version,
@@ -80,9 +111,10 @@ pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
     if recs.len() == 1 && !a.json {
         let id = &recs[0].id;
         if let Some(cmd) = &a.cmd {
-            let (_rec, handle, client) = connect_running(state, id).await?;
+            let (rec, handle, client) = connect_running(state, id).await?;
             let start = pb::ExecStart {
                 argv: argv(cmd),
+                env: exec_env(&rec),
                 timeout_ms: timeout_ms(a.timeout),
                 ..Default::default()
             };
@@ -94,7 +126,10 @@ pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
         // A single --hello: errors go to stderr with exit 1 like any other.
         let v = one(state, id, &a).await?;
         print_human(&v);
-        return Ok(0);
+        return Ok(v["exit_code"]
+            .as_i64()
+            .and_then(|c| i32::try_from(c).ok())
+            .unwrap_or(1));
     }
     let futs = recs.iter().map(|r| one(state, &r.id, &a));
     let results = futures_join(futs).await;
@@ -126,13 +161,25 @@ fn print_human(v: &serde_json::Value) {
     if let Some(e) = v.get("error") {
         println!("== {id}: error: {}", e.as_str().unwrap_or(""));
     } else if let Some(h) = v.get("hello") {
-        println!(
-            "== {id}: {} (kernel {}, pid 1 {}, agent {})",
-            h.as_str().unwrap_or(""),
-            v["kernel_release"].as_str().unwrap_or(""),
-            v["pid1"].as_str().unwrap_or(""),
-            v["agent_version"].as_str().unwrap_or("")
-        );
+        let lang = v["language"].as_str().unwrap_or("none");
+        if lang == "none" {
+            println!(
+                "== {id}: {} (kernel {}, pid 1 {}, agent {})",
+                h.as_str().unwrap_or(""),
+                v["kernel_release"].as_str().unwrap_or(""),
+                v["pid1"].as_str().unwrap_or(""),
+                v["agent_version"].as_str().unwrap_or("")
+            );
+        } else if v["exit_code"].as_i64() == Some(0) {
+            println!("== {id} ({lang}): {}", h.as_str().unwrap_or(""));
+        } else {
+            println!(
+                "== {id} ({lang}): hello failed: {}",
+                v["outcome"].as_str().unwrap_or("")
+            );
+            print!("{}", h.as_str().unwrap_or(""));
+            eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+        }
     } else {
         println!("== {id}: {}", v["outcome"].as_str().unwrap_or(""));
         print!("{}", v["stdout"].as_str().unwrap_or(""));

@@ -1,12 +1,14 @@
 //! `hearth vm …`: sandboxes that outlive the CLI, tracked in the state DB.
 //! One file per subcommand; `common` holds what they share.
 
+pub mod boot;
 pub mod clean;
 pub mod common;
 pub mod create;
 pub mod exec;
 pub mod list;
 pub mod run;
+pub mod start;
 pub mod stop;
 
 use crate::paths;
@@ -22,7 +24,9 @@ pub struct Args {
 pub enum Cmd {
     /// Boot a new VM and print its id.
     Create(create::Args),
-    /// Copy a file into a VM's /in and run a shell command there.
+    /// Boot a stopped VM again with its disks.
+    Start(start::Args),
+    /// Copy files into a VM's /in and run a shell command there.
     Run(run::Args),
     /// Run a command (or a hello check) in one or more VMs.
     Exec(exec::Args),
@@ -30,7 +34,7 @@ pub enum Cmd {
     List(list::Args),
     /// Stop VMs (the records stay; see `clean`).
     Stop(stop::Args),
-    /// Stop VMs and remove their directories and records.
+    /// Stop VMs and remove their directories, records and persist volumes.
     Clean(clean::Args),
 }
 
@@ -38,6 +42,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let state = State::new(paths::state_dir()?);
     match args.cmd {
         Cmd::Create(a) => create::run(&state, a).await,
+        Cmd::Start(a) => start::run(&state, a).await,
         Cmd::Run(a) => run::run(&state, a).await,
         Cmd::Exec(a) => exec::run(&state, a).await,
         Cmd::List(a) => list::run(&state, a).await,

@@ -1,5 +1,5 @@
-//! `hearth image build|list`: the boot initramfs, built on first use and cached by
-//! content hash under `<state dir>/images`.
+//! The boot initramfs, built on first use and cached by content hash in the
+//! image cache (`HEARTH_IMAGE_CACHE`, else `<state dir>/images`).
 //!
 //! On top of the image crate's initramfs (guest binary + modules) a second cpio
 //! layer with a static busybox (`/bin/busybox`, `/bin/sh` and applet links) is
@@ -15,35 +15,6 @@ use sha2::{Digest, Sha256};
 use crate::commands::vm::common::Progress;
 use crate::paths;
 use crate::state::State;
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    pub cmd: Cmd,
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum Cmd {
-    /// Build (or find in the cache) the boot initramfs and print its path, hash and size.
-    Build(BuildArgs),
-    /// List cached images.
-    List(ListArgs),
-}
-
-#[derive(clap::Args, Debug)]
-pub struct BuildArgs {
-    /// Kernel whose modules go into the image (default: newest /boot/vmlinuz-*-cloud-amd64).
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ListArgs {
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// A ready-to-boot image.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -169,53 +140,4 @@ pub fn ensure(state: &State, kernel: &hearth_image::KernelInfo) -> anyhow::Resul
         kernel_release: kernel.release.clone(),
         busybox: true,
     })
-}
-
-pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let state = State::new(paths::state_dir()?);
-    match args.cmd {
-        Cmd::Build(a) => {
-            let k = kernel(a.kernel.as_deref())?;
-            let img = tokio::task::spawn_blocking(move || ensure(&state, &k)).await??;
-            if a.json {
-                println!("{}", serde_json::to_string(&img)?);
-            } else {
-                println!(
-                    "path:   {}\nhash:   {}\nsize:   {}\nkernel: {} ({})\nshell:  {}",
-                    img.path.display(),
-                    img.hash,
-                    img.size,
-                    img.kernel.display(),
-                    img.kernel_release,
-                    if img.busybox { "busybox" } else { "none" }
-                );
-            }
-            Ok(0)
-        }
-        Cmd::List(a) => {
-            let mut rows = Vec::new();
-            if let Ok(rd) = std::fs::read_dir(state.images_dir()) {
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with("initramfs-") && name.ends_with(".cpio.gz") {
-                        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                        rows.push((e.path(), size));
-                    }
-                }
-            }
-            rows.sort();
-            if a.json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|(p, s)| serde_json::json!({"path": p, "size": s}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                for (p, s) in rows {
-                    println!("{s:>10}  {}", p.display());
-                }
-            }
-            Ok(0)
-        }
-    }
 }

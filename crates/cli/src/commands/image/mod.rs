@@ -1,0 +1,236 @@
+//! `hearth image build|list|rm`: guest images in the image cache
+//! (`HEARTH_IMAGE_CACHE`, else `<state dir>/images`).
+//!
+//! - [`initramfs`]: the boot initramfs (guest binary, modules, busybox layer);
+//!   `hearth image build` without `--language`, or with `--initramfs`.
+//! - [`language`]: language root images (Debian bookworm squashfs),
+//!   `hearth image build --language L`, and `--language`/`--image` for `vm create`.
+
+pub mod initramfs;
+pub mod language;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use hearth_image::rootfs::{self, ImageInfo, ImageSelector};
+
+pub use initramfs::{ensure, kernel};
+
+use crate::paths;
+use crate::state::State;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Cmd {
+    /// Build (or find in the cache) an image: a language root image with
+    /// --language, else the boot initramfs.
+    Build(BuildArgs),
+    /// List cached images.
+    List(ListArgs),
+    /// Remove cached language images by language or by (a prefix of) their hash.
+    Rm(RmArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// python, javascript (= node), ruby or golang.
+    #[arg(long, conflicts_with = "initramfs")]
+    pub language: Option<String>,
+    /// Build the boot initramfs (the default without --language).
+    #[arg(long)]
+    pub initramfs: bool,
+    /// Kernel whose modules go into the initramfs (default: newest /boot/vmlinuz-*-cloud-amd64).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// A language name or at least 4 hex digits of an image hash.
+    pub what: String,
+    /// Remove it even when VM records still use it.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let state = State::new(paths::state_dir()?);
+    match args.cmd {
+        Cmd::Build(a) => build(state, a).await,
+        Cmd::List(a) => list(&state, a),
+        Cmd::Rm(a) => rm(&state, a).await,
+    }
+}
+
+fn info_json(i: &ImageInfo) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "rootfs",
+        "language": i.language,
+        "hash": i.recipe_hash,
+        "path": i.path,
+        "size": i.size,
+        "tar_size": i.tar_size,
+        "compression": i.compression,
+        "created": i.created,
+        "bootstrap_ms": i.bootstrap_ms,
+        "pack_ms": i.pack_ms,
+        "current": i.current,
+        "env": i.env,
+        "hello": i.hello,
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+async fn build(state: State, a: BuildArgs) -> anyhow::Result<i32> {
+    if let Some(name) = &a.language {
+        let lang = language::parse_language(name)?;
+        let t0 = std::time::Instant::now();
+        let (info, built) = language::ensure(state.images_dir(), lang).await?;
+        if a.json {
+            let mut v = info_json(&info);
+            v["built"] = serde_json::json!(built);
+            v["elapsed_ms"] = serde_json::json!(t0.elapsed().as_millis() as u64);
+            println!("{v}");
+        } else {
+            println!(
+                "language: {}\npath:     {}\nhash:     {}\nsize:     {} (plain tar {})\nbuilt:    {}",
+                info.language,
+                info.path.display(),
+                info.recipe_hash,
+                mib(info.size),
+                mib(info.tar_size),
+                if built {
+                    format!(
+                        "now (bootstrap {} ms, pack {} ms)",
+                        info.bootstrap_ms, info.pack_ms
+                    )
+                } else {
+                    "cached".into()
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let k = kernel(a.kernel.as_deref())?;
+    let img = tokio::task::spawn_blocking(move || ensure(&state, &k)).await??;
+    if a.json {
+        println!("{}", serde_json::to_string(&img)?);
+    } else {
+        println!(
+            "path:   {}\nhash:   {}\nsize:   {}\nkernel: {} ({})\nshell:  {}",
+            img.path.display(),
+            img.hash,
+            img.size,
+            img.kernel.display(),
+            img.kernel_release,
+            if img.busybox { "busybox" } else { "none" }
+        );
+    }
+    Ok(0)
+}
+
+fn list(state: &State, a: ListArgs) -> anyhow::Result<i32> {
+    let cache = state.images_dir();
+    let langs = rootfs::list(&cache)?;
+    let mut initrds = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&cache) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("initramfs-") && name.ends_with(".cpio.gz") {
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                initrds.push((e.path(), size));
+            }
+        }
+    }
+    initrds.sort();
+    if a.json {
+        let mut v: Vec<_> = langs.iter().map(info_json).collect();
+        v.extend(
+            initrds
+                .iter()
+                .map(|(p, s)| serde_json::json!({"kind": "initramfs", "path": p, "size": s})),
+        );
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(0);
+    }
+    println!(
+        "{:<11} {:<16} {:>10} {:>10} {:<7} PATH",
+        "LANGUAGE", "HASH", "SIZE", "TAR", "CURRENT"
+    );
+    for i in &langs {
+        println!(
+            "{:<11} {:<16} {:>10} {:>10} {:<7} {}",
+            i.language.as_str(),
+            &i.recipe_hash[..16.min(i.recipe_hash.len())],
+            mib(i.size),
+            mib(i.tar_size),
+            if i.current { "yes" } else { "no" },
+            i.path.display()
+        );
+    }
+    for (p, s) in initrds {
+        println!(
+            "{:<11} {:<16} {:>10} {:>10} {:<7} {}",
+            "(initramfs)",
+            "-",
+            mib(s),
+            "-",
+            "-",
+            p.display()
+        );
+    }
+    Ok(0)
+}
+
+async fn rm(state: &State, a: RmArgs) -> anyhow::Result<i32> {
+    let sel: ImageSelector = a
+        .what
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}; or give at least 4 hex digits of an image hash"))?;
+    let cache = state.images_dir();
+    let matching: Vec<ImageInfo> = rootfs::list(&cache)?
+        .into_iter()
+        .filter(|i| match &sel {
+            ImageSelector::Language(l) => i.language == *l,
+            ImageSelector::Hash(h) => i.recipe_hash.starts_with(h.as_str()),
+        })
+        .collect();
+    if !a.force {
+        let recs = state.list().await?;
+        for i in &matching {
+            if let Some(r) = recs
+                .iter()
+                .find(|r| r.rootfs.as_deref() == Some(i.path.as_path()))
+            {
+                bail!(
+                    "the {} image {} is used by vm {} ({}); clean that vm first or pass --force",
+                    i.language,
+                    &i.recipe_hash[..16.min(i.recipe_hash.len())],
+                    r.id,
+                    r.status.as_str()
+                );
+            }
+        }
+    }
+    let removed = rootfs::remove(&cache, &sel)?;
+    for i in removed {
+        println!("{} {}", i.language, i.recipe_hash);
+    }
+    Ok(0)
+}
