@@ -180,7 +180,7 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
     let (out_r, out_w) = pipe().map_err(os)?;
     let (err_r, err_w) = pipe().map_err(os)?;
     let started = Instant::now();
-    let child = spawn::start(&mut plan, &in_r, &out_w, &err_w).map_err(|e| {
+    let child = spawn::start(&mut plan, in_r, &out_w, &err_w).map_err(|e| {
         let msg = io::Error::from_raw_os_error(e.errno);
         match e.stage {
             spawn::Stage::Chdir => never_started(

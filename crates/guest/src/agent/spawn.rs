@@ -70,10 +70,6 @@ pub struct Plan {
     pub set_groups: bool,
 }
 
-// SAFETY: the raw pointers point into `_strings`, which the plan owns and never
-// mutates; moving the plan moves the `CString` heap buffers' owners only.
-unsafe impl Send for Plan {}
-
 /// A NUL inside an argument, variable or path.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{what} contains a NUL byte")]
@@ -219,9 +215,25 @@ pub fn start(
         stage: AtomicI32::new(0),
         errno: AtomicI32::new(0),
     };
-    let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
-    // The stack grows down from its 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    thread_local! {
+        // One child stack per thread, reused: this thread is suspended while
+        // its child runs on it. Only the few pages the child touches are resident.
+        static STACK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (pid, pidfd) = STACK.with_borrow_mut(|stack| {
+        if stack.capacity() < CHILD_STACK {
+            *stack = Vec::with_capacity(CHILD_STACK);
+        }
+        // The stack grows down from its 16-byte aligned top.
+        let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+        clone_child(&ctx, top)
+    })?;
+    finish(pid, pidfd, &ctx)
+}
+
+/// Blocks signals, clones the vfork child onto the stack ending at `top`,
+/// restores the mask. Returns the pid and the pidfd (if the kernel gave one).
+fn clone_child(ctx: &ChildCtx, top: usize) -> Result<(i32, Option<OwnedFd>), SpawnError> {
     let mut pidfd: c_int = -1;
     // SAFETY: sigset_t is plain data initialised by sigfillset; the calling
     // thread's mask is restored right after clone returns.
@@ -234,17 +246,18 @@ pub fn start(
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // SAFETY: `child_main` only makes raw system calls on `ctx`, which lives
-    // on this frame until clone returns (CLONE_VFORK suspends this thread
-    // until the child execs or exits); the child runs on `stack`, which is
-    // not freed before then either. With CLONE_PIDFD the kernel stores the
-    // pidfd in `pidfd` (passed as parent_tid).
+    // SAFETY: `child_main` only makes raw system calls on `ctx`, which the
+    // caller keeps alive until clone returns (CLONE_VFORK suspends this
+    // thread until the child execs or exits); the child runs on the
+    // thread-local stack ending at `top`, which nothing else uses meanwhile
+    // and which is not freed. With CLONE_PIDFD the kernel stores the pidfd in
+    // `pidfd` (passed as parent_tid).
     let pid = unsafe {
         libc::clone(
             child_main,
             top as *mut c_void,
             flags,
-            &ctx as *const ChildCtx as *mut c_void,
+            ctx as *const ChildCtx as *mut c_void,
             &mut pidfd as *mut c_int,
             std::ptr::null_mut::<c_void>(),
             std::ptr::null_mut::<c_int>(),
@@ -253,12 +266,16 @@ pub fn start(
     let clone_err = io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    drop(stack);
     if pid < 0 {
         return Err(SpawnError::os(Stage::Exec, clone_err));
     }
     // SAFETY: with CLONE_PIDFD the kernel returned a new pidfd that we own.
     let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok((pid, pidfd))
+}
+
+/// After `clone` returned: reports a failed child (reaping it) or returns it.
+fn finish(pid: i32, pidfd: Option<OwnedFd>, ctx: &ChildCtx) -> Result<Child, SpawnError> {
     let stage = ctx.stage.load(Ordering::Acquire);
     if stage != 0 {
         // The child has exited (status 127); reap it now.
@@ -412,7 +429,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             restorer: 0,
             mask: 0,
         };
-        let mut set = (*ctx).reset_signals;
+        let mut set = ctx.reset_signals;
         while set != 0 {
             let sig = set.trailing_zeros() as usize + 1;
             set &= set - 1;

@@ -180,9 +180,34 @@ pub fn build_env(
     extra: &[pb::EnvVar],
     home: &str,
 ) -> Result<Vec<(String, String)>, EnvError> {
-    build_env_with(clear_env, extra, home, || {
-        std::fs::read_to_string(ETC_ENVIRONMENT).ok()
-    })
+    build_env_with(clear_env, extra, home, etc_environment)
+}
+
+/// `/etc/environment`'s text, re-read only when the file changed: one
+/// `stat` per exec instead of open, read and close.
+fn etc_environment() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    type Key = (u64, u64, u64, i64, i64, i64, i64);
+    static CACHE: std::sync::Mutex<Option<(Key, String)>> = std::sync::Mutex::new(None);
+    let m = std::fs::metadata(ETC_ENVIRONMENT).ok()?;
+    let key: Key = (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    );
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((k, text)) = cache.as_ref() {
+        if *k == key {
+            return Some(text.clone());
+        }
+    }
+    let text = std::fs::read_to_string(ETC_ENVIRONMENT).ok()?;
+    *cache = Some((key, text.clone()));
+    Some(text)
 }
 
 /// [`build_env`] with the `/etc/environment` text supplied (read lazily, only
