@@ -18,6 +18,11 @@
 //! ```
 //!
 //! VMs live in a private temporary state dir, removed with `vm clean --all` at the end.
+//!
+//! Known limit: a full-duplex raw echo of 8 MiB or more through
+//! vhost-device-vsock stalled (the echo port stopped answering, the agent's
+//! port kept working), so the echo baseline is the median of several 4 MiB
+//! samples taken before and after the copies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -47,8 +52,9 @@ struct Opts {
     /// MiB copied into the sandbox.
     #[arg(long, default_value_t = 100)]
     copy_mib: usize,
-    /// MiB sent through the raw echo.
-    #[arg(long, default_value_t = 32)]
+    /// MiB sent through the raw echo per sample (transfers of 8 MiB and more
+    /// stalled the echo path under TCG; see the example's header).
+    #[arg(long, default_value_t = 4)]
     echo_mib: usize,
 }
 
@@ -289,20 +295,27 @@ async fn bench(env: &Env, o: &Opts, report: &mut serde_json::Value) -> anyhow::R
         }
         std::fs::write(&big, data)?;
     }
+    eprintln!("bench: raw vsock echo and {} MiB copies", o.copy_mib);
     let _echo = rtt::start_echo(&client).await?;
-    echo_throughput(&sock, 4).await?;
-    let echo1 = echo_throughput(&sock, o.echo_mib).await?;
+    echo_throughput(&sock, 1).await?;
+    let mut echoes = Vec::new();
+    for _ in 0..3 {
+        echoes.push(echo_throughput(&sock, o.echo_mib).await?);
+    }
+    eprintln!("bench: copying in");
     let disk = copy_in(&client, &big, "/root/big.bin").await?;
     let tmpfs = copy_in(&client, &big, "/tmp/big.bin").await?;
-    let echo2 = echo_throughput(&sock, o.echo_mib).await?;
-    let echo = (echo1 + echo2) / 2.0;
+    for _ in 0..3 {
+        echoes.push(echo_throughput(&sock, o.echo_mib).await?);
+    }
+    let echo = median(&echoes);
     println!(
         "copy in {} MiB: upper disk {disk:.1} MB/s, tmpfs {tmpfs:.1} MB/s vs raw vsock echo {echo:.1} MB/s: {:.2}x / {:.2}x",
         o.copy_mib,
         disk / echo,
         tmpfs / echo
     );
-    report["copy_in_mb_s"] = json!({"upper_disk": disk, "tmpfs": tmpfs, "echo": [echo1, echo2],
+    report["copy_in_mb_s"] = json!({"upper_disk": disk, "tmpfs": tmpfs, "echo": echoes, "echo_mib": o.echo_mib,
         "ratio_disk": disk / echo, "ratio_tmpfs": tmpfs / echo, "mib": o.copy_mib});
     drop(client);
     env.run(&["vm", "clean", "--vm", &id]).await?;

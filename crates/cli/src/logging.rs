@@ -9,9 +9,8 @@ use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, Env
 pub struct Guard(#[allow(dead_code)] Option<std::sync::Arc<std::fs::File>>);
 
 pub fn init(level: &str, file: Option<&Path>) -> anyhow::Result<Guard> {
-    let filter = |lvl: &str| {
-        EnvFilter::try_new(lvl).with_context(|| format!("bad --log-level {lvl:?}"))
-    };
+    let filter =
+        |lvl: &str| EnvFilter::try_new(lvl).with_context(|| format!("bad --log-level {lvl:?}"));
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)

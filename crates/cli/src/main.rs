@@ -17,7 +17,11 @@ mod state;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "hearth", version, about = "microVM sandboxes for untrusted code")]
+#[command(
+    name = "hearth",
+    version,
+    about = "microVM sandboxes for untrusted code"
+)]
 pub struct Cli {
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, global = true, env = "HEARTH_LOG_LEVEL", default_value = "warn")]

@@ -2,8 +2,8 @@
 
 pub mod cp;
 pub mod exec;
-pub mod info;
 pub mod image;
+pub mod info;
 pub mod ping;
 pub mod run;
 pub mod vm;

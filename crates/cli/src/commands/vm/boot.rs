@@ -163,8 +163,9 @@ pub async fn create_vm(state: &State, o: &CreateOpts) -> anyhow::Result<(VmRecor
     };
     let kernel = image::kernel(o.kernel.as_deref())?;
     let initrd = match &o.initrd {
-        Some(p) if p.is_file() => std::fs::canonicalize(p)
-            .with_context(|| format!("cannot resolve {}", p.display()))?,
+        Some(p) if p.is_file() => {
+            std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?
+        }
         Some(p) => bail!("initramfs not found: {}", p.display()),
         None => {
             let st = state.clone();
