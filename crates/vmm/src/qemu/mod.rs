@@ -15,7 +15,7 @@ use hearth_client::{Client, ConnectOptions, Endpoint};
 use hearth_proto::{pb, AGENT_VSOCK_PORT};
 use serde::{Deserialize, Serialize};
 
-use crate::console::tail_lines;
+use crate::console::{tail_lines, ConsoleWatch};
 use crate::error::VmmError;
 use crate::process::ProcessId;
 use crate::sandbox::{ExecRequest, Network, Sandbox, SandboxConfig, SandboxFactory};
@@ -223,16 +223,35 @@ impl QemuFactory {
         };
         tracing::info!(id = %cfg.id, accel = %self.accel, qemu = qemu.pid, vhost = vhost.pid, "vm started");
 
-        let opts = ConnectOptions {
-            timeout: cfg.boot_timeout,
-            ..Default::default()
-        };
+        let deadline = tokio::time::Instant::now() + cfg.boot_timeout;
         let endpoint = handle.endpoint();
-        let connect = Client::connect(&endpoint, &opts);
+        let console_path = handle.console_log();
+        // First init's ready line on the console, then CONNECT (see ConsoleWatch).
+        let connect = async {
+            let mut watch = ConsoleWatch::new(&console_path);
+            while !watch.poll(crate::guest_contract::INIT_READY_MARKER) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "init did not report ready within {} s",
+                        cfg.boot_timeout.as_secs_f64()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let opts = ConnectOptions {
+                timeout: deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_secs(2)),
+                ..Default::default()
+            };
+            Client::connect(&endpoint, &opts)
+                .await
+                .map_err(|e| format!("{e}"))
+        };
         tokio::pin!(connect);
         let outcome: Result<Client, String> = loop {
             tokio::select! {
-                r = &mut connect => break r.map_err(|e| format!("{e}")),
+                r = &mut connect => break r,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if matches!(qchild.try_wait(), Ok(Some(_))) || !qemu.is_alive() {
                         let qlog = tail_lines(&qemu_log, 5);
