@@ -57,7 +57,7 @@ mod tests {
 
 /// Follows a growing console log and reports when a marker line has appeared.
 ///
-/// The boot watchdog waits for init's ready line before the first `CONNECT`:
+/// The boot watchdog waits for the agent's listening line before the first `CONNECT`:
 /// a connection request that reaches vhost-device-vsock before the guest's vsock
 /// driver is up was seen to wedge the device (about 4 boots in 60 when the host
 /// connected from QEMU start), and waiting costs nothing since the agent cannot

@@ -18,9 +18,10 @@
 //! The addresses are those of QEMU's user-mode network (slirp): the gateway
 //! 10.0.2.2 is the host (its loopback), 10.0.2.3 the built-in DNS forwarder.
 
-/// The console line init prints once the agent is started (crates/guest/src/init):
-/// the host waits for it before its first vsock `CONNECT`.
-pub const INIT_READY_MARKER: &str = "hearth-init: ready";
+/// The start of the console line the agent prints once it listens on vsock
+/// (crates/guest/src/agent/mod.rs): the host waits for it before its first
+/// vsock `CONNECT`, so the first attempt finds the agent listening.
+pub const AGENT_READY_MARKER: &str = "hearth-agent: listening";
 
 /// virtio-blk serial of the read-only root image.
 pub const LOWER_SERIAL: &str = "hearth-lower";

@@ -263,6 +263,13 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
                 .with_context(|| format!("binding vsock port {port}"))?;
             let shared = make_shared();
             tracing::info!(port, "agent listening on vsock");
+            // A plain console line the host's boot watchdog waits for before its
+            // first CONNECT (hearth_vmm::guest_contract::AGENT_READY_MARKER).
+            {
+                use std::io::Write;
+                let line = format!("hearth-agent: listening on vsock port {port}\n");
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {

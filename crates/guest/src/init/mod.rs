@@ -186,8 +186,6 @@ pub fn run() -> ! {
         Ok(pid) => pid,
         Err(e) => fail(e),
     };
-    // The host's boot watchdog waits for a console line starting with
-    // "hearth-init: ready" before it connects (hearth_vmm::guest_contract::INIT_READY_MARKER).
     console::line(&format!(
         "ready in {} ms (kernel {} ms, modules {} ms, {} loaded, {} skipped, root {} ms, net {} ms), agent pid {agent}",
         t0.elapsed().as_millis(),

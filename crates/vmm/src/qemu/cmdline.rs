@@ -10,6 +10,12 @@ use super::Accel;
 pub const BASE_KERNEL_CMDLINE: &str =
     "console=ttyS0 panic=-1 tsc_early_khz=2000000 lpj=8000000 no_timer_check quiet";
 
+/// Size of QEMU's translated-code cache under software emulation. QEMU's
+/// default (1 GiB) lets an idle VM hold 80+ MiB of anonymous memory after boot
+/// and grow further under load; 32 MiB measured 66 MiB after boot at ~4% more
+/// boot time, 16 MiB 47 MiB but ~14% slower boots (retranslation).
+pub const TCG_TB_SIZE_MIB: u32 = 32;
+
 /// Everything the QEMU argv depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuArgs {
@@ -135,7 +141,12 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     ];
     match a.accel {
         Accel::Kvm => v.extend([os("-accel"), os("kvm"), os("-cpu"), os("host")]),
-        Accel::Tcg => v.extend([os("-accel"), os("tcg"), os("-cpu"), os("max")]),
+        Accel::Tcg => v.extend([
+            os("-accel"),
+            os(format!("tcg,tb-size={TCG_TB_SIZE_MIB}")),
+            os("-cpu"),
+            os("max"),
+        ]),
     }
     v.extend([
         os("-nodefaults"),
@@ -226,7 +237,7 @@ mod tests {
         );
         assert_eq!(value_after(&v, "-m"), ["256"]);
         assert_eq!(value_after(&v, "-smp"), ["2"]);
-        assert_eq!(value_after(&v, "-accel"), ["tcg"]);
+        assert_eq!(value_after(&v, "-accel"), ["tcg,tb-size=32"]);
         assert_eq!(value_after(&v, "-cpu"), ["max"]);
         assert_eq!(value_after(&v, "-serial"), ["file:/vm/console.log"]);
         assert_eq!(value_after(&v, "-kernel"), ["/boot/vmlinuz"]);

@@ -226,17 +226,17 @@ impl QemuFactory {
         let deadline = tokio::time::Instant::now() + cfg.boot_timeout;
         let endpoint = handle.endpoint();
         let console_path = handle.console_log();
-        // First init's ready line on the console, then CONNECT (see ConsoleWatch).
+        // First the agent's listening line on the console, then CONNECT (see ConsoleWatch).
         let connect = async {
             let mut watch = ConsoleWatch::new(&console_path);
-            while !watch.poll(crate::guest_contract::INIT_READY_MARKER) {
+            while !watch.poll(crate::guest_contract::AGENT_READY_MARKER) {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(format!(
-                        "init did not report ready within {} s",
+                        "the agent did not report listening within {} s",
                         cfg.boot_timeout.as_secs_f64()
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let opts = ConnectOptions {
                 timeout: deadline

@@ -75,10 +75,11 @@ fn applets(bb: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The gzip-compressed busybox layer.
+/// The busybox layer, uncompressed like the base image: under software
+/// emulation the kernel's gunzip of it costs more boot time than reading the
+/// extra megabyte (see crates/image/README.md).
 fn busybox_layer(bb: &Path, data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    let mut w = hearth_image::cpio::CpioWriter::new(enc);
+    let mut w = hearth_image::cpio::CpioWriter::new(Vec::new());
     w.dir("bin", 0o755)?;
     w.file("bin/busybox", 0o755, data)?;
     let mut names = applets(bb);
@@ -88,8 +89,7 @@ fn busybox_layer(bb: &Path, data: &[u8]) -> anyhow::Result<Vec<u8>> {
     for a in names.iter().filter(|a| a.as_str() != "busybox") {
         w.symlink(&format!("bin/{a}"), "busybox")?;
     }
-    let enc = w.finish()?;
-    Ok(enc.finish()?)
+    Ok(w.finish()?)
 }
 
 /// Builds or reuses the image for `kernel`; progress goes to stderr.
@@ -112,12 +112,13 @@ pub fn ensure(state: &State, kernel: &hearth_image::KernelInfo) -> anyhow::Resul
     };
     let bb_data = std::fs::read(&bb).with_context(|| format!("cannot read {}", bb.display()))?;
     let mut h = Sha256::new();
+    h.update(b"busybox layer v2, uncompressed");
     h.update(base.hash.as_bytes());
     h.update(&bb_data);
     let hash = hex::encode(h.finalize());
     let path = state
         .images_dir()
-        .join(format!("initramfs-{}-bb.cpio.gz", &hash[..16]));
+        .join(format!("initramfs-{}-bb.cpio", &hash[..16]));
     if !path.is_file() {
         let mut out = std::fs::read(&base.path)
             .with_context(|| format!("cannot read {}", base.path.display()))?;

@@ -152,7 +152,9 @@ fn list(state: &State, a: ListArgs) -> anyhow::Result<i32> {
     if let Ok(rd) = std::fs::read_dir(&cache) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("initramfs-") && name.ends_with(".cpio.gz") {
+            if name.starts_with("initramfs-")
+                && (name.ends_with(".cpio") || name.ends_with(".cpio.gz"))
+            {
                 let size = e.metadata().map(|m| m.len()).unwrap_or(0);
                 initrds.push((e.path(), size));
             }
