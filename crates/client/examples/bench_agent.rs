@@ -198,7 +198,12 @@ async fn run(
         let producers: [(&str, Vec<String>); 2] = [
             (
                 "head -c",
-                vec!["head".into(), "-c".into(), total.to_string(), "/dev/zero".into()],
+                vec![
+                    "head".into(),
+                    "-c".into(),
+                    total.to_string(),
+                    "/dev/zero".into(),
+                ],
             ),
             (
                 "dd bs=1M",

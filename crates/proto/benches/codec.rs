@@ -44,10 +44,13 @@ fn bench(c: &mut Criterion) {
         let dec = FrameDecoder::default();
         let mut wire2 = BytesMut::new();
         for i in 0..FRAMES {
-            Message::ExecStdout(pb::OutputChunk { index: i as u64, data: vec![0xab; PAYLOAD].into() })
-                .into_frame(1)
-                .encode(&mut wire2, DEFAULT_MAX_FRAME_LEN)
-                .unwrap();
+            Message::ExecStdout(pb::OutputChunk {
+                index: i as u64,
+                data: vec![0xab; PAYLOAD].into(),
+            })
+            .into_frame(1)
+            .encode(&mut wire2, DEFAULT_MAX_FRAME_LEN)
+            .unwrap();
         }
         let mut buf = BytesMut::with_capacity(wire2.len());
         b.iter(|| {
@@ -64,7 +67,13 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     c.bench_function("encode ping", |b| {
-        b.iter(|| black_box(Message::Ping(pb::Ping { nonce: 1 }).into_frame(1).to_bytes(DEFAULT_MAX_FRAME_LEN)))
+        b.iter(|| {
+            black_box(
+                Message::Ping(pb::Ping { nonce: 1 })
+                    .into_frame(1)
+                    .to_bytes(DEFAULT_MAX_FRAME_LEN),
+            )
+        })
     });
 }
 

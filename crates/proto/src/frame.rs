@@ -212,7 +212,11 @@ mod tests {
                 max: DEFAULT_MAX_FRAME_LEN
             }
         );
-        assert_eq!(buf.capacity(), cap_before, "no allocation for a refused length");
+        assert_eq!(
+            buf.capacity(),
+            cap_before,
+            "no allocation for a refused length"
+        );
     }
 
     #[test]
@@ -222,7 +226,10 @@ mod tests {
         Frame::new(9, 1, vec![0u8; 11]).encode(&mut b, 16).unwrap();
         assert_eq!(d.decode(&mut b).unwrap().unwrap().payload.len(), 11);
         let mut b = BytesMut::from(&[0, 0, 0, 17][..]);
-        assert!(matches!(d.decode(&mut b), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            d.decode(&mut b),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -236,7 +243,8 @@ mod tests {
 
     #[test]
     fn two_frames_back_to_back() {
-        let mut b = BytesMut::from(&[0, 0, 0, 5, 1, 0, 0, 0, 1, 0, 0, 0, 6, 2, 0, 0, 0, 1, b'x'][..]);
+        let mut b =
+            BytesMut::from(&[0, 0, 0, 5, 1, 0, 0, 0, 1, 0, 0, 0, 6, 2, 0, 0, 0, 1, b'x'][..]);
         let d = FrameDecoder::default();
         assert_eq!(d.decode(&mut b).unwrap().unwrap().kind, 1);
         let f = d.decode(&mut b).unwrap().unwrap();

@@ -280,7 +280,11 @@ mod tests {
             (Shutdown, 0x1C),
             (Error, 0xFF),
         ];
-        assert_eq!(pinned.len(), MessageType::ALL.len(), "a new type needs a pin");
+        assert_eq!(
+            pinned.len(),
+            MessageType::ALL.len(),
+            "a new type needs a pin"
+        );
         for (t, v) in pinned {
             assert_eq!(*t as u8, *v, "{t:?} moved");
             assert_eq!(MessageType::from_u8(*v), Some(*t));
@@ -291,22 +295,53 @@ mod tests {
     fn enum_and_capability_values_are_pinned() {
         use pb::{Capability as C, ErrorCode as E, FileKind as F, SpawnErrorKind as S};
         assert_eq!(
-            [C::OneshotExec, C::ExecStream, C::Files, C::SystemInfo, C::Shutdown, C::FlowControl]
-                .map(|c| c as i32),
+            [
+                C::OneshotExec,
+                C::ExecStream,
+                C::Files,
+                C::SystemInfo,
+                C::Shutdown,
+                C::FlowControl
+            ]
+            .map(|c| c as i32),
             [0, 1, 2, 3, 4, 5]
         );
         assert_eq!(
-            [E::BadFrame, E::UnknownType, E::Decode, E::InvalidArgument, E::NotFound, E::PermissionDenied,
-             E::AlreadyExists, E::Io, E::UnknownSession, E::DuplicateSeq, E::NoSpace, E::Unsupported, E::Internal]
-                .map(|c| c as i32),
+            [
+                E::BadFrame,
+                E::UnknownType,
+                E::Decode,
+                E::InvalidArgument,
+                E::NotFound,
+                E::PermissionDenied,
+                E::AlreadyExists,
+                E::Io,
+                E::UnknownSession,
+                E::DuplicateSeq,
+                E::NoSpace,
+                E::Unsupported,
+                E::Internal
+            ]
+            .map(|c| c as i32),
             [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
         );
         assert_eq!(
-            [S::NotFound, S::PermissionDenied, S::BadCwd, S::BadUser, S::InvalidArgument, S::ResourceLimit, S::Other]
-                .map(|c| c as i32),
+            [
+                S::NotFound,
+                S::PermissionDenied,
+                S::BadCwd,
+                S::BadUser,
+                S::InvalidArgument,
+                S::ResourceLimit,
+                S::Other
+            ]
+            .map(|c| c as i32),
             [1, 2, 3, 4, 5, 6, 7]
         );
-        assert_eq!([F::File, F::Dir, F::Symlink, F::Other].map(|c| c as i32), [1, 2, 3, 4]);
+        assert_eq!(
+            [F::File, F::Dir, F::Symlink, F::Other].map(|c| c as i32),
+            [1, 2, 3, 4]
+        );
     }
 
     #[test]
@@ -330,32 +365,51 @@ mod tests {
     #[test]
     fn unknown_type_is_a_message_error() {
         let f = Frame::new(0x7e, 1, Bytes::new());
-        assert_eq!(Message::from_frame(&f), Err(MessageError::UnknownType(0x7e)));
+        assert_eq!(
+            Message::from_frame(&f),
+            Err(MessageError::UnknownType(0x7e))
+        );
     }
 
     #[test]
     fn undecodable_payload_is_a_message_error() {
         let f = Frame::new(0x03, 1, Bytes::from_static(&[0xff, 0xff, 0xff]));
-        assert!(matches!(Message::from_frame(&f), Err(MessageError::Decode { .. })));
+        assert!(matches!(
+            Message::from_frame(&f),
+            Err(MessageError::Decode { .. })
+        ));
     }
 
     #[test]
     fn validation_rejects_bad_requests() {
         let bad = [
             Message::Exec(pb::Exec::default()),
-            Message::ExecStart(pb::ExecStart { argv: vec!["".into()], ..Default::default() }),
-            Message::WriteFile(pb::WriteFile { path: "relative".into(), ..Default::default() }),
-            Message::Remove(pb::Remove { path: "/".into(), recursive: true }),
+            Message::ExecStart(pb::ExecStart {
+                argv: vec!["".into()],
+                ..Default::default()
+            }),
+            Message::WriteFile(pb::WriteFile {
+                path: "relative".into(),
+                ..Default::default()
+            }),
+            Message::Remove(pb::Remove {
+                path: "/".into(),
+                recursive: true,
+            }),
             Message::ExecSignal(pb::ExecSignal { signal: 0 }),
         ];
         for m in bad {
-            assert!(matches!(m.validate(), Err(MessageError::Invalid { .. })), "{m:?}");
+            assert!(
+                matches!(m.validate(), Err(MessageError::Invalid { .. })),
+                "{m:?}"
+            );
         }
     }
 
     #[test]
     fn capability_bits() {
-        let caps = capability_bit(pb::Capability::ExecStream) | capability_bit(pb::Capability::Files);
+        let caps =
+            capability_bit(pb::Capability::ExecStream) | capability_bit(pb::Capability::Files);
         assert_eq!(caps, 0b110);
         assert!(has_capability(caps, pb::Capability::Files));
         assert!(!has_capability(caps, pb::Capability::Shutdown));

@@ -4,7 +4,11 @@ use hearth_proto::{Frame, FrameDecoder, Message, DEFAULT_MAX_FRAME_LEN};
 use proptest::prelude::*;
 
 fn arb_frame() -> impl Strategy<Value = Frame> {
-    (any::<u8>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2048))
+    (
+        any::<u8>(),
+        any::<u32>(),
+        proptest::collection::vec(any::<u8>(), 0..2048),
+    )
         .prop_map(|(k, s, p)| Frame::new(k, s, p))
 }
 

@@ -126,9 +126,18 @@ mod watch_tests {
 
     #[test]
     fn marker_is_found_only_on_a_complete_line_start() {
-        assert!(contains_marker_line(b"x\nhearth-init: ready in 3 ms\n", b"hearth-init: ready"));
-        assert!(!contains_marker_line(b"hearth-init: ready in 3", b"hearth-init: ready"));
-        assert!(!contains_marker_line(b"echo hearth-init: ready\n", b"hearth-init: ready"));
+        assert!(contains_marker_line(
+            b"x\nhearth-init: ready in 3 ms\n",
+            b"hearth-init: ready"
+        ));
+        assert!(!contains_marker_line(
+            b"hearth-init: ready in 3",
+            b"hearth-init: ready"
+        ));
+        assert!(!contains_marker_line(
+            b"echo hearth-init: ready\n",
+            b"hearth-init: ready"
+        ));
     }
 
     #[test]
