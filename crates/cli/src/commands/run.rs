@@ -12,12 +12,16 @@ use crate::state::State;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Seconds before the command is killed (exit code 124).
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Virtual CPUs.
     #[arg(long = "cpu", default_value_t = 1)]
     pub cpus: u32,
+    /// Guest memory in MiB.
     #[arg(long = "mem", default_value_t = 256)]
     pub mem_mib: u32,
+    /// Guest kernel (default: newest /boot/vmlinuz-*-cloud-amd64).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Language image (python, javascript, node, ruby, golang) or none.
@@ -32,6 +36,7 @@ pub struct Args {
     /// Working directory in the guest.
     #[arg(long)]
     pub cwd: Option<String>,
+    /// The command and its arguments, after `--`.
     #[arg(required = true, last = true)]
     pub argv: Vec<String>,
 }

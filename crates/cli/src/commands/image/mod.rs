@@ -47,12 +47,14 @@ pub struct BuildArgs {
     /// Kernel whose modules go into the initramfs (default: newest /boot/vmlinuz-*-cloud-amd64).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

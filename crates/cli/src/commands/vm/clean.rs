@@ -6,8 +6,10 @@ use crate::state::{State, VmStatus};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// VM ids or names to remove (repeatable).
     #[arg(long)]
     pub vm: Vec<String>,
+    /// Remove every VM.
     #[arg(long)]
     pub all: bool,
     /// Keep the persist volumes (attach one again with `vm create --persist-name`).

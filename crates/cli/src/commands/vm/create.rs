@@ -15,6 +15,7 @@ pub struct Args {
     /// Your own root image (squashfs or ext4) instead of a language image.
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// Virtual CPUs.
     #[arg(long = "cpu", default_value_t = 1)]
     pub cpus: u32,
     /// Guest memory in MiB.
@@ -42,11 +43,13 @@ pub struct Args {
     /// Size of a new persist volume in MiB (default 1024, sparse).
     #[arg(long = "persist-size")]
     pub persist_mib: Option<u64>,
+    /// A name to use instead of the id in other commands.
     #[arg(long)]
     pub name: Option<String>,
     /// Seconds to wait for the agent (default 60 under TCG; env HEARTH_BOOT_TIMEOUT).
     #[arg(long)]
     pub boot_timeout: Option<f64>,
+    /// Print the new VM as JSON.
     #[arg(long)]
     pub json: bool,
 }

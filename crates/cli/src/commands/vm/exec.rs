@@ -19,12 +19,16 @@ pub struct Args {
     /// go); a bare initramfs VM greets with its kernel release, PID 1 and agent version.
     #[arg(long)]
     pub hello: bool,
+    /// VM ids or names to run in (repeatable).
     #[arg(long)]
     pub vm: Vec<String>,
+    /// Run in every running VM, concurrently.
     #[arg(long)]
     pub all: bool,
+    /// Seconds before the command is killed (exit code 124).
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Print one JSON object per VM instead of streaming output.
     #[arg(long)]
     pub json: bool,
 }

@@ -11,6 +11,7 @@ pub struct Args {
     /// Include stopped and failed VMs.
     #[arg(long)]
     pub all: bool,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -15,6 +15,7 @@ use crate::state::State;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// VM id or name.
     #[arg(long)]
     pub vm: String,
     /// Shell command (run with /bin/sh -c in /in).

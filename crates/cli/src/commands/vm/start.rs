@@ -9,11 +9,13 @@ use crate::state::State;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// VM id or name.
     #[arg(long)]
     pub vm: String,
     /// Seconds to wait for the agent (default 60 under TCG; env HEARTH_BOOT_TIMEOUT).
     #[arg(long)]
     pub boot_timeout: Option<f64>,
+    /// Print the VM as JSON.
     #[arg(long)]
     pub json: bool,
 }

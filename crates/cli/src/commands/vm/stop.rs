@@ -5,8 +5,10 @@ use crate::state::{State, VmStatus};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// VM ids or names to stop (repeatable).
     #[arg(long)]
     pub vm: Vec<String>,
+    /// Stop every running VM.
     #[arg(long)]
     pub all: bool,
 }
