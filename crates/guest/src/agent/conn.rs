@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use hearth_proto::message::error;
 use hearth_proto::{pb, Frame, FrameDecoder, Message, VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use super::session::{self, Credit, Limits, Sink};
+use super::splice::ConnWrite;
 use super::writer::Writer;
 use super::{exec, file_read, file_write, files, oneshot, sysinfo, Shared};
 
@@ -68,12 +69,32 @@ impl Routes {
     }
 }
 
+/// An accepted connection, split into its read and write sides.
+pub trait Conn: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: ConnWrite + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Conn for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Conn for tokio_vsock::VsockStream {
+    type Read = tokio_vsock::OwnedReadHalf;
+    type Write = tokio_vsock::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
 /// Serves one accepted connection until the host closes it or breaks framing.
-pub async fn serve<S>(stream: S, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(stream);
+pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
+    let (mut rd, wr) = stream.into_halves();
     let writer = Writer::spawn(wr, shared.max_frame_len);
     if writer
         .send(0, &Message::Ready(shared.ready.clone()))

@@ -2,10 +2,12 @@
 //!
 //! - [`conn`]: one connection — reader, request dispatch, session routing.
 //! - [`writer`]: the connection's single writer task (bounded queues, pongs first).
+//!   [`splice`]: output chunks moved pipe → socket with `splice(2)`.
 //! - [`exec`]: preparing a child (user, env, cwd, pipes) and decoding its
 //!   outcome; [`spawn`] starts it (vfork-style clone: setsid, signals, oom
 //!   score, credentials, exec); [`session`] runs it (streaming with credit,
-//!   timeout, drain) with output frames built in place by [`outbuf`];
+//!   timeout, drain) with output frames built in place by [`outbuf`] (or
+//!   spliced);
 //!   [`oneshot`] is the collected `EXEC` variant.
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
@@ -22,6 +24,7 @@ mod oneshot;
 mod outbuf;
 mod session;
 mod spawn;
+mod splice;
 mod sysinfo;
 mod user;
 mod writer;

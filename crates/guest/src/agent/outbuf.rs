@@ -102,6 +102,18 @@ impl Pool {
 /// (empty, sharing the allocation) stays behind for the pool.
 pub fn finish_chunk(buf: &mut BytesMut, kind: u8, seq: u32, index: u64) -> Bytes {
     let n = buf.len() - HEADROOM;
+    let (head, h) = chunk_header(kind, seq, index, n);
+    let start = HEADROOM - h;
+    buf[start..HEADROOM].copy_from_slice(&head[..h]);
+    buf.advance(start);
+    buf.split().freeze()
+}
+
+/// The wire bytes that precede `n` data bytes in an `EXEC_STDOUT`/
+/// `EXEC_STDERR` (`kind`) frame for `seq` carrying `OutputChunk { index,
+/// data }`: frame header, index field, data tag and length. Returns the
+/// buffer and how many of its bytes are the header.
+pub fn chunk_header(kind: u8, seq: u32, index: u64, n: usize) -> ([u8; HEADROOM], usize) {
     let mut head = [0u8; HEADROOM];
     let mut pb = [0u8; HEADROOM];
     let mut p = 0;
@@ -124,10 +136,7 @@ pub fn finish_chunk(buf: &mut BytesMut, kind: u8, seq: u32, index: u64) -> Bytes
         h,
         HEADER_LEN + 1 + varint_len(n as u64) + if index != 0 { 1 + varint_len(index) } else { 0 }
     );
-    let start = HEADROOM - h;
-    buf[start..HEADROOM].copy_from_slice(&head[..h]);
-    buf.advance(start);
-    buf.split().freeze()
+    (head, h)
 }
 
 #[cfg(test)]
@@ -152,12 +161,17 @@ mod tests {
             pool.put(b, pooled);
             let want = Message::ExecStdout(pb::OutputChunk {
                 index,
-                data: data.into(),
+                data: data.clone().into(),
             })
             .into_frame(77)
             .to_bytes(DEFAULT_MAX_FRAME_LEN)
             .unwrap();
             assert_eq!(wire, want, "index {index} len {n}");
+            // The splice path: header, then the data moved from the pipe.
+            let (head, h) = chunk_header(0x09, 77, index, n);
+            let mut spliced = head[..h].to_vec();
+            spliced.extend_from_slice(&data);
+            assert_eq!(spliced, want, "spliced header, index {index} len {n}");
         }
     }
 

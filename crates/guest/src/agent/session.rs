@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::exec::{decode_status, signal_group, Spawned, Termination};
 use super::writer::Writer;
-use super::{outbuf, spawn};
+use super::{outbuf, spawn, splice};
 
 /// Grace between SIGTERM and SIGKILL on timeout.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -132,7 +132,8 @@ impl Summary {
 }
 
 struct Stream {
-    fd: AsyncFd<OwnedFd>,
+    /// Shared so the connection writer can splice from it.
+    fd: AsyncFd<Arc<OwnedFd>>,
     open: bool,
     /// Next chunk index.
     index: u64,
@@ -150,10 +151,12 @@ struct Stream {
 impl Stream {
     fn new(fd: OwnedFd, cap: u64, is_stderr: bool) -> std::io::Result<Self> {
         Ok(Self {
-            // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open and
-            // names the same pipe for the AsyncFd's whole life.
-            fd: unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)?,
+            // SAFETY: the OwnedFd is moved into the AsyncFd (behind an Arc), so it
+            // stays open and names the same pipe for the AsyncFd's whole life.
+            fd: unsafe {
+                AsyncFd::register_with_interest(Arc::new(fd), tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| e.into_parts().1)?,
             open: true,
             index: 0,
             total: 0,
@@ -385,14 +388,7 @@ pub async fn run(
 
 /// Bytes waiting in the pipe (FIONREAD); 0 if unknown.
 fn pending(s: &Stream) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD on a pipe fd we own writes one c_int.
-    let rc = unsafe { libc::ioctl(s.fd.get_ref().as_raw_fd(), libc::FIONREAD, &mut n) };
-    if rc < 0 {
-        0
-    } else {
-        n.max(0) as usize
-    }
+    splice::pipe_pending(s.fd.get_ref().as_raw_fd())
 }
 
 /// How many bytes to read next from `s` (0 = do not read now).
@@ -418,7 +414,7 @@ const DISCARD_READ: usize = 64 * 1024;
 
 /// One non-blocking `read(2)` into the uninitialised tail of a buffer.
 fn read_into(
-    guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>,
+    guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, Arc<OwnedFd>>,
     dst: &mut [std::mem::MaybeUninit<u8>],
 ) -> Option<std::io::Result<usize>> {
     let r = guard.try_io(|fd| {
@@ -446,13 +442,15 @@ enum Read {
     Collected(std::io::Result<usize>),
     /// Into a frame buffer after its headroom (and whether it is pooled).
     Frame(std::io::Result<usize>, BytesMut, bool),
+    /// Left in the pipe for the writer to splice: this many bytes, all there.
+    Splice(usize),
 }
 
 /// After the reactor reported `s` readable: reads at most `take` bytes
 /// straight to where they go (a frame buffer, the collection, or a scratch
 /// buffer when dropped). `None` when the pipe had nothing after all.
 fn read_ready(
-    guard: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>>,
+    guard: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, Arc<OwnedFd>>>,
     s: &Stream,
     take: usize,
     sink: &mut Sink,
@@ -482,7 +480,17 @@ fn read_ready(
             }
             Some(Read::Collected(r))
         }
-        Sink::Stream { .. } => {
+        Sink::Stream { writer, .. } => {
+            if writer.can_splice() {
+                // Only what is already in the pipe, so the splice never waits
+                // for the child and the frame length is known up front. An
+                // empty pipe (end of file, or a spurious wakeup) takes the
+                // read below, which sees it.
+                let n = take.min(pending(s));
+                if n > 0 {
+                    return Some(Read::Splice(n));
+                }
+            }
             let (mut buf, pooled) = pool.get(take);
             let room = buf.spare_capacity_mut();
             let n = take.min(room.len());
@@ -508,6 +516,7 @@ async fn deliver(
     let (r, buf) = match r {
         Read::Dropped(r) | Read::Collected(r) => (r, None),
         Read::Frame(r, buf, pooled) => (r, Some((buf, pooled))),
+        Read::Splice(n) => return deliver_spliced(s, n, sink, credit).await,
     };
     let n = match r {
         Ok(0) => {
@@ -560,6 +569,36 @@ async fn deliver(
     s.index += 1;
     pool.put(buf, pooled);
     if writer.send_wire(wire).await.is_err() {
+        *gone = true;
+    }
+}
+
+/// Accounts for `n` bytes left in the pipe (within credit and cap) and has
+/// the writer send them as the stream's next chunk, spliced pipe → socket.
+async fn deliver_spliced(s: &mut Stream, n: usize, sink: &mut Sink, credit: &Credit) {
+    let Sink::Stream { writer, seq, gone } = sink else {
+        return;
+    };
+    s.total += n as u64;
+    s.kept += n as u64;
+    if !s.grown && n >= GROW_AFTER {
+        super::exec::grow_pipe(s.fd.get_ref());
+        s.grown = true;
+    }
+    credit.take(n as u64);
+    let kind = if s.is_stderr {
+        MessageType::ExecStderr
+    } else {
+        MessageType::ExecStdout
+    };
+    let (head, h) = outbuf::chunk_header(kind as u8, *seq, s.index, n);
+    s.index += 1;
+    let pipe = s.fd.get_ref().clone();
+    if writer
+        .send_splice(Bytes::copy_from_slice(&head[..h]), pipe, n)
+        .await
+        .is_err()
+    {
         *gone = true;
     }
 }

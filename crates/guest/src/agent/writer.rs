@@ -10,10 +10,17 @@
 //! [`Writer::send`] (pongs, results, errors) writes straight from the caller
 //! when the lock is free and the socket takes the frame at once, saving the
 //! hop to the writer task; otherwise it queues on `prio`.
+//!
+//! An output chunk may also come as a header plus a pipe to splice from
+//! ([`Writer::send_splice`]): the writer writes what was queued before it,
+//! the header, then moves the bytes pipe → socket without copying them
+//! (see [`super::splice`]), all under the socket lock.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -21,6 +28,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hearth_proto::{pb, Frame, Message};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+
+use super::splice::{self, ConnWrite};
 
 /// Queued frames per queue. Data frames are at most one chunk (≤ 256 KiB), so
 /// the data queue holds at most ~8 MiB per connection.
@@ -38,6 +47,14 @@ enum Out {
     Frame(Frame),
     /// A frame already in wire format (header included).
     Wire(Bytes),
+    /// A frame header, then `n` bytes spliced from `pipe`; `done` fires once
+    /// they are all out.
+    Splice {
+        head: Bytes,
+        pipe: Arc<OwnedFd>,
+        n: usize,
+        done: oneshot::Sender<()>,
+    },
     Flush(oneshot::Sender<()>),
     Close,
 }
@@ -47,7 +64,7 @@ enum Out {
 #[error("connection writer is closed")]
 pub struct Closed;
 
-type Sink = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+type Sink = Arc<tokio::sync::Mutex<Box<dyn ConnWrite>>>;
 
 /// Cheap handle to the connection's writer.
 #[derive(Clone)]
@@ -56,24 +73,61 @@ pub struct Writer {
     prio: mpsc::Sender<Out>,
     sink: Sink,
     max_frame_len: u32,
+    /// The socket takes spliced output (cleared for good on EINVAL/ENOSYS).
+    splice_ok: Arc<AtomicBool>,
 }
 
 impl Writer {
     /// Starts the writer task on `sink`.
     pub fn spawn<W>(sink: W, max_frame_len: u32) -> Writer
     where
-        W: AsyncWrite + Unpin + Send + 'static,
+        W: ConnWrite + 'static,
     {
         let (data, data_rx) = mpsc::channel(DATA_QUEUE);
         let (prio, prio_rx) = mpsc::channel(PRIO_QUEUE);
+        let splice_ok = Arc::new(AtomicBool::new(sink.can_splice()));
         let sink: Sink = Arc::new(tokio::sync::Mutex::new(Box::new(sink)));
-        tokio::spawn(run(sink.clone(), data_rx, prio_rx, max_frame_len));
+        tokio::spawn(run(
+            sink.clone(),
+            data_rx,
+            prio_rx,
+            max_frame_len,
+            splice_ok.clone(),
+        ));
         Writer {
             data,
             prio,
             sink,
             max_frame_len,
+            splice_ok,
         }
+    }
+
+    /// Whether output may be spliced into this connection's socket.
+    pub fn can_splice(&self) -> bool {
+        self.splice_ok.load(Ordering::Relaxed)
+    }
+
+    /// Sends the frame header `head` followed by exactly `n` bytes taken from
+    /// `pipe` (which must hold at least `n` bytes, and nobody else may read it
+    /// until this returns); waits until they are written.
+    pub async fn send_splice(
+        &self,
+        head: Bytes,
+        pipe: Arc<OwnedFd>,
+        n: usize,
+    ) -> Result<(), Closed> {
+        let (done, rx) = oneshot::channel();
+        self.data
+            .send(Out::Splice {
+                head,
+                pipe,
+                n,
+                done,
+            })
+            .await
+            .map_err(|_| Closed)?;
+        rx.await.map_err(|_| Closed)
     }
 
     pub fn max_frame_len(&self) -> u32 {
@@ -162,6 +216,7 @@ async fn run(
     mut data_rx: mpsc::Receiver<Out>,
     mut prio_rx: mpsc::Receiver<Out>,
     max_frame_len: u32,
+    splice_flag: Arc<AtomicBool>,
 ) {
     // Small frames are encoded into `small`; a batch is the list of buffers
     // written with one `writev` (or a few, if the socket takes less).
@@ -171,6 +226,7 @@ async fn run(
     let mut prio_open = true;
     let mut data_open = true;
     let mut closing = false;
+    let mut splice_ok = splice_flag.load(Ordering::Relaxed);
     while (prio_open || data_open) && !closing {
         let first = tokio::select! {
             biased;
@@ -180,6 +236,7 @@ async fn run(
         let Some(first) = first else { continue };
         let mut next = Some(first);
         let mut batched = 0usize;
+        let mut spliced = None;
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(f) => {
@@ -200,6 +257,18 @@ async fn run(
                     batched += b.len();
                     parts.push_back(b);
                 }
+                Out::Splice {
+                    head,
+                    pipe,
+                    n,
+                    done,
+                } => {
+                    // The header goes out with the batch; the body right after
+                    // it, ending the batch.
+                    small.extend_from_slice(&head);
+                    spliced = Some((pipe, n, done));
+                    break;
+                }
                 Out::Flush(ack) => acks.push(ack),
                 Out::Close => {
                     closing = true;
@@ -219,6 +288,19 @@ async fn run(
             if let Err(e) = write_parts(&mut *sink, &mut parts).await {
                 tracing::debug!(error = %e, "connection write failed");
                 return;
+            }
+            if let Some((pipe, n, done)) = spliced.take() {
+                let r = splice::body(&mut **sink, pipe.as_raw_fd(), n, &mut splice_ok).await;
+                if !splice_ok {
+                    splice_flag.store(false, Ordering::Relaxed);
+                }
+                if let Err(e) = r {
+                    // Half a frame is out: the stream cannot be resynchronised.
+                    tracing::debug!(error = %e, "spliced output failed, closing the connection");
+                    let _ = sink.shutdown().await;
+                    return;
+                }
+                let _ = done.send(());
             }
             if let Err(e) = sink.flush().await {
                 tracing::debug!(error = %e, "connection flush failed");
