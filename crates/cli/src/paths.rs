@@ -61,7 +61,7 @@ fn dir_writable(p: &Path) -> bool {
 /// The static guest binary: `HEARTH_GUEST_BIN`, else next to the `hearth` binary's
 /// target dir (`../x86_64-unknown-linux-gnu/<profile>/hearth-guest`), else beside it.
 pub fn guest_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HEARTH_GUEST_BIN") {
+    if let Some(p) = std::env::var_os("HEARTH_GUEST_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if !p.is_file() {
             bail!(
