@@ -20,7 +20,7 @@ pub mod pb {
 
 pub use frame::{DecodeError, EncodeError, Frame, FrameDecoder, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 pub use message::{
-    capability_bit, has_capability, Message, MessageError, MessageType, PROTOCOL_VERSION,
+    capability_bit, env_vars, has_capability, Message, MessageError, MessageType, PROTOCOL_VERSION,
 };
 
 /// Version of this crate, reported as the agent version.

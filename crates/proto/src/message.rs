@@ -232,6 +232,19 @@ pub fn has_capability(caps: u64, c: pb::Capability) -> bool {
     caps & capability_bit(c) != 0
 }
 
+/// `KEY=VALUE` pairs as the wire's `EnvVar` list, order kept.
+pub fn env_vars<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Vec<pb::EnvVar> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| pb::EnvVar {
+            key: k.as_ref().to_owned(),
+            value: v.as_ref().to_owned(),
+        })
+        .collect()
+}
+
 /// Builds an `Error` message.
 pub fn error(code: pb::ErrorCode, message: impl Into<String>, errno: i32) -> Message {
     Message::Error(pb::Error {

@@ -137,14 +137,7 @@ impl ExecRequest {
     pub fn to_pb(&self) -> pb::Exec {
         pb::Exec {
             argv: self.argv.clone(),
-            env: self
-                .env
-                .iter()
-                .map(|(k, v)| pb::EnvVar {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            env: hearth_proto::env_vars(self.env.iter().map(|(k, v)| (k, v))),
             cwd: self.cwd.clone().unwrap_or_default(),
             stdin: self.stdin.clone().into(),
             timeout_ms: self

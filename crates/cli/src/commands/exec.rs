@@ -67,14 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     };
     let req = pb::ExecStart {
         argv: args.cmd.clone(),
-        env: args
-            .env
-            .iter()
-            .map(|(k, v)| pb::EnvVar {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        env: hearth_proto::env_vars(args.env.iter().map(|(k, v)| (k, v))),
         cwd: args.cwd.clone().unwrap_or_default(),
         stdin_open: true,
         timeout_ms,

@@ -34,15 +34,7 @@ pub async fn run(req: pb::FileRead, seq: u32, credit: Arc<Credit>, writer: Write
     let mut file = match opened {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => return finish(&routes, seq, &writer, io_error("read", &req.path, &e)).await,
-        Err(e) => {
-            return finish(
-                &routes,
-                seq,
-                &writer,
-                error(pb::ErrorCode::Internal, format!("read task failed: {e}"), 0),
-            )
-            .await
-        }
+        Err(e) => return finish(&routes, seq, &writer, task_failed(e)).await,
     };
     let chunk = chunk_max(writer.max_frame_len()) as u64;
     let mut remaining = if req.length == 0 {
@@ -74,15 +66,7 @@ pub async fn run(req: pb::FileRead, seq: u32, credit: Arc<Credit>, writer: Write
             Ok((_, Err(e))) => {
                 return finish(&routes, seq, &writer, io_error("read", &req.path, &e)).await
             }
-            Err(e) => {
-                return finish(
-                    &routes,
-                    seq,
-                    &writer,
-                    error(pb::ErrorCode::Internal, format!("read task failed: {e}"), 0),
-                )
-                .await
-            }
+            Err(e) => return finish(&routes, seq, &writer, task_failed(e)).await,
         };
         let n = data.len() as u64;
         remaining -= n;
@@ -120,4 +104,9 @@ fn read_some(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 async fn finish(routes: &Routes, seq: u32, writer: &Writer, msg: Message) {
     routes.remove(seq);
     let _ = writer.send_data(seq, &msg).await;
+}
+
+/// The answer when a blocking read task panicked or was cancelled.
+fn task_failed(e: tokio::task::JoinError) -> Message {
+    error(pb::ErrorCode::Internal, format!("read task failed: {e}"), 0)
 }

@@ -135,13 +135,7 @@ pub async fn stop_vm(state: &State, rec: &VmRecord) -> anyhow::Result<()> {
 /// The environment every exec in this VM gets (its image's; empty for the
 /// bare initramfs guest).
 pub fn exec_env(rec: &VmRecord) -> Vec<pb::EnvVar> {
-    rec.env
-        .iter()
-        .map(|(k, v)| pb::EnvVar {
-            key: k.clone(),
-            value: v.clone(),
-        })
-        .collect()
+    hearth_proto::env_vars(rec.env.iter().map(|(k, v)| (k, v)))
 }
 
 /// Stops a VM, removes its directory (with its upper disk) and its record, and
