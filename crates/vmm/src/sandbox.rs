@@ -74,6 +74,9 @@ pub struct SandboxConfig {
     pub dir: PathBuf,
     /// How long to wait for the agent's READY after the VMM starts.
     pub boot_timeout: Duration,
+    /// Run the VMM and its helper processes as this uid (and the same gid), jailed
+    /// to this sandbox's files. `None` runs them as the caller (no uid change).
+    pub vmm_uid: Option<u32>,
 }
 
 impl SandboxConfig {
@@ -192,6 +195,7 @@ mod tests {
             persist: None,
             dir: dir.into(),
             boot_timeout: Duration::from_secs(1),
+            vmm_uid: None,
         }
     }
 

@@ -386,6 +386,7 @@ mod tests {
             persist: None,
             dir: "/vm".into(),
             boot_timeout: Duration::from_secs(1),
+            vmm_uid: None,
         }
     }
 

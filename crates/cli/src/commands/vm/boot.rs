@@ -371,6 +371,7 @@ pub fn sandbox_config(rec: &VmRecord, timeout: Duration) -> anyhow::Result<Sandb
         persist: rec.persist_volume.clone(),
         dir: rec.dir.clone(),
         boot_timeout: timeout,
+        vmm_uid: None,
     })
 }
 
