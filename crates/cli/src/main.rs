@@ -1,8 +1,12 @@
 //! `hearth` — the command-line tool.
 //!
+//! Flag parsing and rendering only: every command calls hearth-runtime.
+//!
 //! - `commands/`: one file per command (`exec`, `cp`, `info`, `ping` talk to an
 //!   agent endpoint; `vm`, `run`, `image` manage microVM sandboxes).
-//! - `state.rs`: the durable state DB (redb) under the state dir.
+//! - `edge.rs`: the environment and global flags → `RuntimeConfig`.
+//! - `exec_io.rs`: the one exec path (streaming, signals, exit codes, `--json`).
+//! - `progress.rs`: the runtime's progress steps on stderr.
 //! - `logging.rs`: `--log-level` / `--log-file` (JSON lines in the file).
 //!
 //! Exit codes: the remote command's code for `exec`/`run`/`vm run`, 128+signal when it
@@ -10,9 +14,10 @@
 //! 2 for usage errors (clap).
 
 mod commands;
+mod edge;
+mod exec_io;
 mod logging;
-mod paths;
-mod state;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +34,9 @@ pub struct Cli {
     /// Also write JSON log lines to this file.
     #[arg(long, global = true, env = "HEARTH_LOG_FILE")]
     pub log_file: Option<std::path::PathBuf>,
+    /// State dir (default /var/lib/hearth when writable, else ~/.local/state/hearth).
+    #[arg(long, global = true, env = "HEARTH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,7 +79,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match rt.block_on(commands::dispatch(cli.command)) {
+    let code = match rt.block_on(commands::dispatch(cli.command, cli.state_dir)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hearth: {e:#}");

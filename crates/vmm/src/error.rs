@@ -54,6 +54,27 @@ pub enum VmmError {
     },
     #[error("vm {id} is not running (its VMM process is gone)")]
     NotRunning { id: String },
+    #[error("running the vmm as uid {uid} needs root (this process has euid {euid})")]
+    JailNeedsRoot { uid: u32, euid: u32 },
+    #[error("vmm uid {0} is reserved (not 0, not 4294967295)")]
+    JailBadUid(u32),
+    #[error("{} cannot be given to the jailed vmm: {reason}", .path.display())]
+    JailUnsafeFile { path: PathBuf, reason: &'static str },
+    #[error("cannot jail {program}: {step}")]
+    JailSetup {
+        program: String,
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a sandbox handle of backend {backend} v{version} cannot be used by {expected}")]
+    ForeignHandle {
+        backend: String,
+        version: u32,
+        expected: String,
+    },
+    #[error("a {backend} sandbox handle is unreadable: {reason}")]
+    BadHandle { backend: String, reason: String },
     #[error("vm {id}: agent connection failed")]
     Client {
         id: String,

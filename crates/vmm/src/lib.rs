@@ -1,5 +1,7 @@
 //! hearth VMM backends.
 //!
+//! - [`backend`]: the [`Backend`] trait the runtime drives, and the versioned,
+//!   backend-neutral [`BackendHandle`] it stores.
 //! - [`sandbox`]: the backend-independent [`Sandbox`] / [`SandboxFactory`] traits,
 //!   [`SandboxConfig`] and [`ExecRequest`].
 //! - [`qemu`]: QEMU `microvm` + `vhost-device-vsock` (argv builder, detached launch,
@@ -11,6 +13,7 @@
 //!   understands (disk serials, root overlay, persist volume, network).
 //! - `error`: [`VmmError`].
 
+pub mod backend;
 pub mod console;
 pub mod error;
 pub mod guest_contract;
@@ -18,8 +21,10 @@ pub mod process;
 pub mod qemu;
 pub mod sandbox;
 
+pub use backend::{Backend, BackendHandle, Booted, Health};
 pub use error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
 pub use guest_contract::{GuestSpec, LowerFs};
 pub use process::ProcessId;
+pub use qemu::backend::{QemuBackend, QemuConfig};
 pub use qemu::{Accel, QemuFactory, QemuSandbox, VmHandle};
 pub use sandbox::{ExecRequest, Network, RootDisks, Sandbox, SandboxConfig, SandboxFactory};

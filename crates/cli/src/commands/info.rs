@@ -1,7 +1,7 @@
 //! `hearth info --connect ENDPOINT [--json]`: the agent's READY data and the
 //! guest's system information.
 
-use hearth_client::{pb, Endpoint};
+use hearth_runtime::{pb, Endpoint};
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]
@@ -10,8 +10,8 @@ pub struct Args {
     #[arg(long, value_name = "ENDPOINT")]
     pub connect: Endpoint,
     /// Seconds to wait for the agent to answer.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub connect_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::exec_io::parse_timeout)]
+    pub connect_timeout: std::time::Duration,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -29,7 +29,8 @@ fn capability_names(bits: u64) -> Vec<&'static str> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let client = super::exec::connect(&args.connect, args.connect_timeout).await?;
+    let agent = super::exec::connect(&args.connect, args.connect_timeout).await?;
+    let client = agent.client();
     let ready = client.ready().clone();
     let si = client.system_info().await?;
     let boot = ready.boot.unwrap_or_default();

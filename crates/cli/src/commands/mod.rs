@@ -8,16 +8,18 @@ pub mod ping;
 pub mod run;
 pub mod vm;
 
+use std::path::PathBuf;
+
 use crate::Command;
 
-pub async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
+pub async fn dispatch(cmd: Command, state_dir: Option<PathBuf>) -> anyhow::Result<i32> {
     match cmd {
         Command::Exec(a) => exec::run(a).await,
-        Command::Cp(a) => cp::run(a).await,
+        Command::Cp(a) => cp::run(a, state_dir).await,
         Command::Info(a) => info::run(a).await,
         Command::Ping(a) => ping::run(a).await,
-        Command::Vm(a) => vm::run(a).await,
-        Command::Run(a) => run::run(a).await,
-        Command::Image(a) => image::run(a).await,
+        Command::Vm(a) => vm::run(a, crate::edge::runtime(state_dir).await?).await,
+        Command::Run(a) => run::run(a, crate::edge::runtime(state_dir).await?).await,
+        Command::Image(a) => image::run(a, crate::edge::runtime(state_dir).await?).await,
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hearth_client::Endpoint;
+use hearth_runtime::Endpoint;
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]
@@ -11,8 +11,8 @@ pub struct Args {
     #[arg(long, value_name = "ENDPOINT")]
     pub connect: Endpoint,
     /// Seconds to wait for the agent to answer.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub connect_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = crate::exec_io::parse_timeout)]
+    pub connect_timeout: std::time::Duration,
     /// Number of pings.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
@@ -23,7 +23,8 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     let t0 = std::time::Instant::now();
-    let client = super::exec::connect(&args.connect, args.connect_timeout).await?;
+    let agent = super::exec::connect(&args.connect, args.connect_timeout).await?;
+    let client = agent.client();
     let connect = t0.elapsed();
     let mut rtts = Vec::with_capacity(args.count as usize);
     for i in 0..args.count {

@@ -39,6 +39,11 @@ pub async fn choose_accel(qemu: &Path, kernel: &Path, cache_dir: &Path) -> Resul
         Some("tcg") => return Ok(Accel::Tcg),
         _ => {}
     }
+    probe_accel(qemu, kernel, cache_dir).await
+}
+
+/// Probes KVM (the verdict cached in `cache_dir/kvm-probe.json` per kernel and QEMU).
+pub async fn probe_accel(qemu: &Path, kernel: &Path, cache_dir: &Path) -> Result<Accel, VmmError> {
     if !Path::new("/dev/kvm").exists() {
         return Ok(Accel::Tcg);
     }

@@ -4,6 +4,7 @@
 //! `vsock.sock` (Firecracker-style hybrid socket for the host), `console.log`,
 //! `qemu.log`, `vhost.log`, `qemu.pid`, `vhost.pid`.
 
+pub mod backend;
 pub mod cmdline;
 pub mod kvm;
 pub mod launch;

@@ -1,23 +1,14 @@
 //! `hearth image build|list|rm`: guest images in the image cache
-//! (`HEARTH_IMAGE_CACHE`, else `<state dir>/images`).
-//!
-//! - [`initramfs`]: the boot initramfs (guest binary, modules, busybox layer);
-//!   `hearth image build` without `--language`, or with `--initramfs`.
-//! - [`language`]: language root images (Debian bookworm squashfs),
-//!   `hearth image build --language L`, and `--language`/`--image` for `vm create`.
-
-pub mod initramfs;
-pub mod language;
+//! (`HEARTH_IMAGE_CACHE`, else `<state dir>/images`): the boot initramfs and
+//! language root images (Debian bookworm squashfs).
 
 use std::path::PathBuf;
 
-use anyhow::bail;
-use hearth_image::rootfs::{self, ImageInfo, ImageSelector};
+use hearth_image::rootfs::{ImageInfo, ImageSelector};
+use hearth_runtime::images::{initramfs, rootfs};
+use hearth_runtime::Runtime;
 
-pub use initramfs::{ensure, kernel};
-
-use crate::paths;
-use crate::state::State;
+use crate::progress::StderrProgress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -68,12 +59,11 @@ pub struct RmArgs {
     pub force: bool,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let state = State::new(paths::state_dir()?);
+pub async fn run(args: Args, rt: Runtime) -> anyhow::Result<i32> {
     match args.cmd {
-        Cmd::Build(a) => build(state, a).await,
-        Cmd::List(a) => list(&state, a),
-        Cmd::Rm(a) => rm(&state, a).await,
+        Cmd::Build(a) => build(&rt, a).await,
+        Cmd::List(a) => list(&rt, a),
+        Cmd::Rm(a) => rm(&rt, a).await,
     }
 }
 
@@ -99,11 +89,11 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
-async fn build(state: State, a: BuildArgs) -> anyhow::Result<i32> {
+async fn build(rt: &Runtime, a: BuildArgs) -> anyhow::Result<i32> {
+    let progress = StderrProgress::shared();
     if let Some(name) = &a.language {
-        let lang = language::parse_language(name)?;
         let t0 = std::time::Instant::now();
-        let (info, built) = language::ensure(state.images_dir(), lang).await?;
+        let (info, built) = rt.ensure_language_image(name, &progress).await?;
         if a.json {
             let mut v = info_json(&info);
             v["built"] = serde_json::json!(built);
@@ -129,8 +119,11 @@ async fn build(state: State, a: BuildArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let k = kernel(a.kernel.as_deref())?;
-    let img = tokio::task::spawn_blocking(move || ensure(&state, &k)).await??;
+    let kernel_path = a.kernel.clone().or_else(|| rt.config().kernel.clone());
+    let k = hearth_runtime::images::kernel(kernel_path.as_deref())?;
+    let img = rt.ensure_initramfs(&k, &progress).await;
+    progress.done();
+    let img = img?;
     if a.json {
         println!("{}", serde_json::to_string(&img)?);
     } else {
@@ -147,22 +140,10 @@ async fn build(state: State, a: BuildArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn list(state: &State, a: ListArgs) -> anyhow::Result<i32> {
-    let cache = state.images_dir();
-    let langs = rootfs::list(&cache)?;
-    let mut initrds = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&cache) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("initramfs-")
-                && (name.ends_with(".cpio") || name.ends_with(".cpio.gz"))
-            {
-                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                initrds.push((e.path(), size));
-            }
-        }
-    }
-    initrds.sort();
+fn list(rt: &Runtime, a: ListArgs) -> anyhow::Result<i32> {
+    let cache = rt.config().image_cache();
+    let langs = rootfs::list(cache)?;
+    let initrds = initramfs::list(cache);
     if a.json {
         let mut v: Vec<_> = langs.iter().map(info_json).collect();
         v.extend(
@@ -202,37 +183,13 @@ fn list(state: &State, a: ListArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn rm(state: &State, a: RmArgs) -> anyhow::Result<i32> {
+async fn rm(rt: &Runtime, a: RmArgs) -> anyhow::Result<i32> {
     let sel: ImageSelector = a
         .what
         .parse()
         .map_err(|e| anyhow::anyhow!("{e}; or give at least 4 hex digits of an image hash"))?;
-    let cache = state.images_dir();
-    let matching: Vec<ImageInfo> = rootfs::list(&cache)?
-        .into_iter()
-        .filter(|i| match &sel {
-            ImageSelector::Language(l) => i.language == *l,
-            ImageSelector::Hash(h) => i.recipe_hash.starts_with(h.as_str()),
-        })
-        .collect();
-    if !a.force {
-        let recs = state.list().await?;
-        for i in &matching {
-            if let Some(r) = recs
-                .iter()
-                .find(|r| r.rootfs.as_deref() == Some(i.path.as_path()))
-            {
-                bail!(
-                    "the {} image {} is used by vm {} ({}); clean that vm first or pass --force",
-                    i.language,
-                    &i.recipe_hash[..16.min(i.recipe_hash.len())],
-                    r.id,
-                    r.status.as_str()
-                );
-            }
-        }
-    }
-    let removed = rootfs::remove(&cache, &sel)?;
+    let records = rt.list(&hearth_runtime::ListFilter::default()).await?;
+    let removed = rootfs::remove(rt.config().image_cache(), &sel, &records, a.force)?;
     for i in removed {
         println!("{} {}", i.language, i.recipe_hash);
     }

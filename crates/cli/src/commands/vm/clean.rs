@@ -1,8 +1,10 @@
 //! `hearth vm clean`: stop VMs if needed, remove their directories (with the
 //! upper disks) and records, and their persist volumes unless `--keep-persist`.
 
-use super::common::{destroy_vm, select};
-use crate::state::{State, VmStatus};
+use hearth_runtime::{Runtime, VmStatus};
+
+use super::select::select;
+use crate::progress::StderrProgress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -17,14 +19,24 @@ pub struct Args {
     pub keep_persist: bool,
 }
 
-pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
-    let recs = select(state, &a.vm, a.all, |r| r.status != VmStatus::Creating).await?;
+pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
+    let recs = select(rt, &a.vm, a.all, |r| r.status != VmStatus::Creating).await?;
     let mut failed = 0;
     for r in recs {
-        match destroy_vm(state, &r, a.keep_persist).await {
-            Ok(()) => println!("{}", r.id),
+        match rt.remove(&r.id, a.keep_persist, &StderrProgress::shared()).await {
+            Ok(removed) => {
+                if let Some(vol) = removed.kept_persist {
+                    let name = removed.record.persist_name().unwrap_or_default();
+                    eprintln!(
+                        "hearth: kept the persist volume {} of vm {} (attach it with `hearth vm create --persist-name {name} ...`)",
+                        vol.display(),
+                        r.id
+                    );
+                }
+                println!("{}", r.id);
+            }
             Err(e) => {
-                eprintln!("hearth: cannot clean vm {}: {e:#}", r.id);
+                eprintln!("hearth: cannot clean vm {}: {e}", r.id);
                 failed += 1;
             }
         }

@@ -1,10 +1,11 @@
 //! `hearth vm create`: boot a VM, wait for its agent, print the id.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::boot::{create_vm, CreateOpts};
-use crate::state::State;
+use hearth_runtime::{CreateSpec, Network, PersistSpec, Runtime, Sandbox};
+
+use crate::progress::StderrProgress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -15,18 +16,18 @@ pub struct Args {
     /// Your own root image (squashfs or ext4) instead of a language image.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Virtual CPUs.
+    /// Virtual CPUs (at most the host's CPU count).
     #[arg(long = "cpu", default_value_t = 1)]
     pub cpus: u32,
-    /// Guest memory in MiB.
+    /// Guest memory in MiB (refused when the host cannot hold it).
     #[arg(long = "mem", default_value_t = 256)]
     pub mem_mib: u32,
     /// Writable upper disk size in MiB (root images only; default 2048, sparse).
     #[arg(long = "disk")]
     pub disk_mib: Option<u64>,
     /// Guest network: none (no NIC) or allow_all (user-mode NAT).
-    #[arg(long, default_value = "none")]
-    pub network: String,
+    #[arg(long, default_value = "none", value_parser = parse_network)]
+    pub network: Network,
     /// Guest kernel (default: newest /boot/vmlinuz-*-cloud-amd64).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -43,47 +44,50 @@ pub struct Args {
     /// Size of a new persist volume in MiB (default 1024, sparse).
     #[arg(long = "persist-size")]
     pub persist_mib: Option<u64>,
-    /// A name to use instead of the id in other commands.
+    /// A unique name to use instead of the id in other commands.
     #[arg(long)]
     pub name: Option<String>,
     /// Seconds to wait for the agent (default 60 under TCG; env HEARTH_BOOT_TIMEOUT).
-    #[arg(long)]
-    pub boot_timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = crate::exec_io::parse_timeout)]
+    pub boot_timeout: Option<std::time::Duration>,
     /// Print the new VM as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn opts(a: &Args) -> CreateOpts {
-    CreateOpts {
-        language: a.language.clone(),
-        image: a.image.clone(),
-        cpus: a.cpus,
-        mem_mib: a.mem_mib,
-        network: a.network.clone(),
-        kernel: a.kernel.clone(),
-        initrd: a.initrd.clone(),
-        persist: a.persist,
-        persist_name: a.persist_name.clone(),
-        persist_mib: a.persist_mib,
-        disk_mib: a.disk_mib,
-        name: a.name.clone(),
-        boot_timeout: a
-            .boot_timeout
-            .filter(|s| *s > 0.0)
-            .map(Duration::from_secs_f64),
+pub fn parse_network(s: &str) -> Result<Network, String> {
+    Network::parse(s).map_err(|e| e.to_string())
+}
+
+impl Args {
+    pub fn spec(&self) -> CreateSpec {
+        CreateSpec {
+            language: Some(self.language.clone()),
+            image: self.image.clone(),
+            cpus: self.cpus,
+            mem_mib: self.mem_mib,
+            network: self.network,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            persist: (self.persist || self.persist_name.is_some() || self.persist_mib.is_some())
+                .then(|| PersistSpec {
+                    name: self.persist_name.clone(),
+                    size_mib: self.persist_mib,
+                }),
+            disk_mib: self.disk_mib,
+            name: self.name.clone(),
+            boot_timeout: self.boot_timeout,
+        }
     }
 }
 
 /// The JSON printed by `create --json` and `start --json`.
-pub fn boot_json(
-    rec: &crate::state::VmRecord,
-    client: &hearth_client::Client,
-    ms: u128,
-) -> serde_json::Value {
-    let ready = client.ready();
-    serde_json::json!({
+pub async fn boot_json(sb: &Sandbox, ms: u128) -> anyhow::Result<serde_json::Value> {
+    let rec = sb.record();
+    let ready = sb.agent().await?.ready().clone();
+    Ok(serde_json::json!({
         "id": rec.id,
+        "name": rec.name,
         "accel": rec.accel,
         "cpus": rec.cpus,
         "mem_mib": rec.mem_mib,
@@ -92,23 +96,23 @@ pub fn boot_json(
         "network": rec.network,
         "persist_volume": rec.persist_volume,
         "dir": rec.dir,
+        "vmm_uid": rec.vmm_uid,
         "create_ms": ms,
         "agent_version": ready.agent_version,
         "boot": ready.boot.as_ref().map(|b| serde_json::json!({
             "kernel_to_init_us": b.kernel_to_init_us,
             "init_to_agent_us": b.init_to_agent_us,
         })),
-    })
+    }))
 }
 
-pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
+pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
-    let (rec, client) = create_vm(state, &opts(&a)).await?;
-    let ms = t0.elapsed().as_millis();
+    let sb = rt.create(&a.spec(), &StderrProgress::shared()).await?;
     if a.json {
-        println!("{}", boot_json(&rec, &client, ms));
+        println!("{}", boot_json(&sb, t0.elapsed().as_millis()).await?);
     } else {
-        println!("{}", rec.id);
+        println!("{}", sb.id());
     }
     Ok(0)
 }

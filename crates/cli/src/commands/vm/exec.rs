@@ -2,12 +2,13 @@
 //! for one VM; for several (or with --json) runs them concurrently and prints
 //! per-VM results.
 
-use hearth_client::pb;
+use std::time::Duration;
 
-use super::common::{
-    connect_running, exec_env, explain_failure, outcome_code, select, stream_exec, timeout_ms,
-};
-use crate::state::{State, VmStatus};
+use futures::future::join_all;
+use hearth_runtime::{ExecSpec, Runtime, Sandbox, VmStatus};
+
+use super::select::select;
+use crate::exec_io::{self, parse_timeout, Signals, StreamOpts};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["cmd", "hello"])))]
@@ -26,123 +27,93 @@ pub struct Args {
     #[arg(long)]
     pub all: bool,
     /// Seconds before the command is killed (exit code 124).
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// Print one JSON object per VM instead of streaming output.
     #[arg(long)]
     pub json: bool,
 }
 
 /// Default timeout of a `--hello` (the go one compiles first).
-const HELLO_TIMEOUT_SECS: f64 = 300.0;
-
-fn argv(cmd: &str) -> Vec<String> {
-    vec!["/bin/sh".into(), "-c".into(), cmd.into()]
-}
+const HELLO_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One VM's answer, for the multi-VM and JSON outputs.
-async fn one(state: &State, id: &str, a: &Args) -> anyhow::Result<serde_json::Value> {
-    let (rec, handle, client) = connect_running(state, id).await?;
-    let work = async {
-        if let Some(cmd) = &a.cmd {
-            let r = client
-                .exec(pb::Exec {
-                    argv: argv(cmd),
-                    env: exec_env(&rec),
-                    timeout_ms: timeout_ms(a.timeout),
-                    ..Default::default()
-                })
-                .await?;
-            anyhow::Ok(serde_json::json!({
-                "id": id,
-                "exit_code": hearth_client::exit_code(r.outcome.as_ref()),
-                "outcome": hearth_client::describe_outcome(r.outcome.as_ref()),
-                "stdout": String::from_utf8_lossy(&r.stdout),
-                "stderr": String::from_utf8_lossy(&r.stderr),
-            }))
-        } else {
-            let info = client.system_info().await?;
-            let (code, hello, outcome, stderr) = if rec.hello.is_empty() {
-                (
-                    0,
-                    format!("hello from vm {id}"),
-                    "exited with code 0".to_string(),
-                    String::new(),
-                )
-            } else {
-                let r = client
-                    .exec(pb::Exec {
-                        argv: rec.hello.clone(),
-                        env: exec_env(&rec),
-                        timeout_ms: timeout_ms(a.timeout.or(Some(HELLO_TIMEOUT_SECS))),
-                        ..Default::default()
-                    })
-                    .await?;
-                (
-                    hearth_client::exit_code(r.outcome.as_ref()),
-                    String::from_utf8_lossy(&r.stdout).trim_end().to_string(),
-                    hearth_client::describe_outcome(r.outcome.as_ref()),
-                    String::from_utf8_lossy(&r.stderr).into_owned(),
-                )
-            };
-            anyhow::Ok(serde_json::json!({
-                "id": id,
-                "language": rec.language,
-                "exit_code": code,
-                "outcome": outcome,
-                "stderr": stderr,
-                "hello": hello,
-                "kernel_release": info.kernel_release,
-                "pid1": info.pid1,
-                "agent_version": info.agent_version,
-                "cpu_count": info.cpu_count,
-                "memory_total_bytes": info.memory_total_bytes,
-                "os": info.os,
-            }))
-        }
-    };
-    match work.await {
-        Ok(v) => Ok(v),
-        Err(e) => Err(explain_failure(state, &handle, e).await),
+async fn one(sb: &Sandbox, a: &Args) -> hearth_runtime::Result<serde_json::Value> {
+    let id = sb.id();
+    if let Some(cmd) = &a.cmd {
+        let mut spec = ExecSpec::shell(cmd);
+        spec.timeout = a.timeout;
+        let r = sb.exec(&spec).await?;
+        return Ok(serde_json::json!({
+            "id": id,
+            "exit_code": r.exit.outcome.exit_code(),
+            "outcome": r.exit.outcome.to_string(),
+            "stdout": String::from_utf8_lossy(&r.stdout),
+            "stderr": String::from_utf8_lossy(&r.stderr),
+        }));
     }
+    let info = sb.system_info().await?;
+    let (code, hello, outcome, stderr) = if sb.hello_argv().is_empty() {
+        (0, format!("hello from vm {id}"), "exited with code 0".to_string(), String::new())
+    } else {
+        let mut spec = ExecSpec::argv(sb.hello_argv().iter().cloned());
+        spec.timeout = Some(a.timeout.unwrap_or(HELLO_TIMEOUT));
+        let r = sb.exec(&spec).await?;
+        (
+            r.exit.outcome.exit_code(),
+            String::from_utf8_lossy(&r.stdout).trim_end().to_string(),
+            r.exit.outcome.to_string(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    Ok(serde_json::json!({
+        "id": id,
+        "language": sb.record().language,
+        "exit_code": code,
+        "outcome": outcome,
+        "stderr": stderr,
+        "hello": hello,
+        "kernel_release": info.kernel_release,
+        "pid1": info.pid1,
+        "agent_version": info.agent_version,
+        "cpu_count": info.cpu_count,
+        "memory_total_bytes": info.memory_total_bytes,
+        "os": info.os,
+    }))
 }
 
-pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
-    let recs = select(state, &a.vm, a.all, |r| r.status == VmStatus::Running).await?;
+pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
+    let recs = select(rt, &a.vm, a.all, |r| r.status == VmStatus::Running).await?;
     if a.all && recs.is_empty() {
         anyhow::bail!("no running vms");
     }
-    if recs.len() == 1 && !a.json {
-        let id = &recs[0].id;
-        if let Some(cmd) = &a.cmd {
-            let (rec, handle, client) = connect_running(state, id).await?;
-            let start = pb::ExecStart {
-                argv: argv(cmd),
-                env: exec_env(&rec),
-                timeout_ms: timeout_ms(a.timeout),
-                ..Default::default()
-            };
-            return match stream_exec(&client, start).await {
-                Ok(exit) => Ok(outcome_code(exit.outcome.as_ref())),
-                Err(e) => Err(explain_failure(state, &handle, e).await),
-            };
+    let ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();
+    let sandboxes = rt.get_many(&ids).await?;
+    if let [sb] = sandboxes.as_slice() {
+        if !a.json {
+            if let Some(cmd) = &a.cmd {
+                let mut signals = Signals::install()?;
+                let mut spec = ExecSpec::shell(cmd);
+                spec.timeout = a.timeout;
+                let s = sb.exec_stream(&spec).await?;
+                return match exec_io::stream(s, &mut signals, StreamOpts::default()).await {
+                    Ok(r) => Ok(exec_io::report("/bin/sh", &r.exit.outcome)),
+                    Err(e) => Err(sb.explain(e).await.into()),
+                };
+            }
+            // A single --hello: errors go to stderr with exit 1 like any other.
+            let v = one(sb, &a).await?;
+            print_human(&v);
+            return Ok(v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()).unwrap_or(1));
         }
-        // A single --hello: errors go to stderr with exit 1 like any other.
-        let v = one(state, id, &a).await?;
-        print_human(&v);
-        return Ok(v["exit_code"]
-            .as_i64()
-            .and_then(|c| i32::try_from(c).ok())
-            .unwrap_or(1));
     }
-    let futs = recs.iter().map(|r| one(state, &r.id, &a));
-    let results = futures_join(futs).await;
+    let results = join_all(sandboxes.iter().map(|sb| one(sb, &a))).await;
     let mut code = 0;
     let mut json = Vec::new();
-    for (r, res) in recs.iter().zip(results) {
+    for (sb, res) in sandboxes.iter().zip(results) {
         let v = match res {
             Ok(v) => v,
-            Err(e) => serde_json::json!({ "id": r.id, "exit_code": 1, "error": format!("{e:#}") }),
+            Err(e) => serde_json::json!({ "id": sb.id(), "exit_code": 1, "error": format!("{:#}", anyhow::Error::new(e)) }),
         };
         let c = v["exit_code"].as_i64().unwrap_or(1);
         if c != 0 && code == 0 {
@@ -189,34 +160,4 @@ fn print_human(v: &serde_json::Value) {
         print!("{}", v["stdout"].as_str().unwrap_or(""));
         eprint!("{}", v["stderr"].as_str().unwrap_or(""));
     }
-}
-
-/// Runs the futures concurrently, results in order.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(futs.len());
-    let mut pending: Vec<_> = futs.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
 }

@@ -1,18 +1,16 @@
 //! `hearth vm …`: sandboxes that outlive the CLI, tracked in the state DB.
-//! One file per subcommand; `common` holds what they share.
+//! One file per subcommand; `select.rs` picks the VMs a command names.
 
-pub mod boot;
 pub mod clean;
-pub mod common;
 pub mod create;
 pub mod exec;
 pub mod list;
 pub mod run;
+pub mod select;
 pub mod start;
 pub mod stop;
 
-use crate::paths;
-use crate::state::State;
+use hearth_runtime::Runtime;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,15 +36,15 @@ pub enum Cmd {
     Clean(clean::Args),
 }
 
-pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let state = State::new(paths::state_dir()?);
+pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
+    let state = &state;
     match args.cmd {
-        Cmd::Create(a) => create::run(&state, a).await,
-        Cmd::Start(a) => start::run(&state, a).await,
-        Cmd::Run(a) => run::run(&state, a).await,
-        Cmd::Exec(a) => exec::run(&state, a).await,
-        Cmd::List(a) => list::run(&state, a).await,
-        Cmd::Stop(a) => stop::run(&state, a).await,
-        Cmd::Clean(a) => clean::run(&state, a).await,
+        Cmd::Create(a) => create::run(state, a).await,
+        Cmd::Start(a) => start::run(state, a).await,
+        Cmd::Run(a) => run::run(state, a).await,
+        Cmd::Exec(a) => exec::run(state, a).await,
+        Cmd::List(a) => list::run(state, a).await,
+        Cmd::Stop(a) => stop::run(state, a).await,
+        Cmd::Clean(a) => clean::run(state, a).await,
     }
 }

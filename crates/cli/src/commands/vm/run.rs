@@ -1,17 +1,12 @@
-//! `hearth vm run --vm ID --cmd "..." [--file F]...`: copy each F into /in, run `sh -c CMD`
-//! with cwd /in, stream the output, exit with the command's code.
+//! `hearth vm run --vm ID --cmd "..." [--file F]...`: copy each F into /in,
+//! run `sh -c CMD` with cwd /in, stream the output, exit with the command's code.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Context;
-use hearth_client::pb;
+use hearth_runtime::{ExecSpec, Runtime};
 
-use crate::commands::cp::{copy, CpSide};
-
-use super::common::{
-    connect_running, exec_env, explain_failure, outcome_code, stream_exec, timeout_ms,
-};
-use crate::state::State;
+use crate::exec_io::{self, parse_timeout, Signals, StreamOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,39 +19,27 @@ pub struct Args {
     /// Host files or directories copied into /in first (modes kept).
     #[arg(long)]
     pub file: Vec<PathBuf>,
-    /// Seconds before the command's process group is killed.
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    /// Seconds before the command's process group is killed (exit code 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
 }
 
-pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
-    let (rec, handle, client) = connect_running(state, &a.vm).await?;
-    let work = async {
-        match client.mkdir("/in", 0o755, true).await {
-            Ok(()) => {}
-            Err(e) if e.remote_code() == Some(pb::ErrorCode::AlreadyExists) => {}
-            Err(e) => return Err(e).context("cannot create /in in the vm"),
+pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
+    let mut signals = Signals::install()?;
+    let sb = rt.get(&a.vm).await?;
+    sb.mkdir("/in", 0o755, true).await?;
+    for f in &a.file {
+        let (_, skipped) = sb.copy_in(f, "/in").await?;
+        for s in skipped {
+            eprintln!("hearth: skipped {s} (not a regular file or directory)");
         }
-        let dest = CpSide::Remote {
-            target: None,
-            path: "/in".into(),
-        };
-        for f in &a.file {
-            copy(&client, &CpSide::Local(f.clone()), &dest)
-                .await
-                .with_context(|| format!("cannot copy {} into the vm", f.display()))?;
-        }
-        let start = pb::ExecStart {
-            argv: vec!["/bin/sh".into(), "-c".into(), a.cmd.clone()],
-            env: exec_env(&rec),
-            cwd: "/in".into(),
-            timeout_ms: timeout_ms(a.timeout),
-            ..Default::default()
-        };
-        anyhow::Ok(stream_exec(&client, start).await?)
-    };
-    match work.await {
-        Ok(exit) => Ok(outcome_code(exit.outcome.as_ref())),
-        Err(e) => Err(explain_failure(state, &handle, e).await),
+    }
+    let mut spec = ExecSpec::shell(&a.cmd);
+    spec.cwd = Some("/in".into());
+    spec.timeout = a.timeout;
+    let s = sb.exec_stream(&spec).await?;
+    match exec_io::stream(s, &mut signals, StreamOpts::default()).await {
+        Ok(r) => Ok(exec_io::report("/bin/sh", &r.exit.outcome)),
+        Err(e) => Err(sb.explain(e).await.into()),
     }
 }

@@ -1,36 +1,30 @@
 //! `hearth vm start --vm ID`: boot a stopped VM again with its disks (its upper
 //! layer and persist volume); print the id once its agent answered.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::boot::start_vm;
+use hearth_runtime::Runtime;
+
 use super::create::boot_json;
-use crate::state::State;
+use crate::progress::StderrProgress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// VM id or name.
     #[arg(long)]
     pub vm: String,
-    /// Seconds to wait for the agent (default 60 under TCG; env HEARTH_BOOT_TIMEOUT).
-    #[arg(long)]
-    pub boot_timeout: Option<f64>,
     /// Print the VM as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
+pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
-    let timeout = a
-        .boot_timeout
-        .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64);
-    let (rec, client) = start_vm(state, &a.vm, timeout).await?;
+    let sb = rt.start(&a.vm, &StderrProgress::shared()).await?;
     if a.json {
-        println!("{}", boot_json(&rec, &client, t0.elapsed().as_millis()));
+        println!("{}", boot_json(&sb, t0.elapsed().as_millis()).await?);
     } else {
-        println!("{}", rec.id);
+        println!("{}", sb.id());
     }
     Ok(0)
 }

@@ -1,7 +1,10 @@
-//! `hearth vm stop`: power VMs off (records stay, status `stopped`).
+//! `hearth vm stop`: power VMs off (records stay, status `stopped`). The
+//! guest's workload gets SIGTERM first and a grace period.
 
-use super::common::{select, stop_vm};
-use crate::state::{State, VmStatus};
+use hearth_runtime::{Runtime, VmStatus};
+
+use super::select::select;
+use crate::progress::StderrProgress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -13,18 +16,18 @@ pub struct Args {
     pub all: bool,
 }
 
-pub async fn run(state: &State, a: Args) -> anyhow::Result<i32> {
-    let recs = select(state, &a.vm, a.all, |r| r.status == VmStatus::Running).await?;
+pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
+    let recs = select(rt, &a.vm, a.all, |r| r.status == VmStatus::Running).await?;
     let mut failed = 0;
     for r in recs {
         if r.status != VmStatus::Running {
-            eprintln!("hearth: vm {} is already {}", r.id, r.status.as_str());
+            eprintln!("hearth: vm {} is already {}", r.id, r.status);
             continue;
         }
-        match stop_vm(state, &r).await {
-            Ok(()) => println!("{}", r.id),
+        match rt.stop(&r.id, &StderrProgress::shared()).await {
+            Ok(_) => println!("{}", r.id),
             Err(e) => {
-                eprintln!("hearth: cannot stop vm {}: {e:#}", r.id);
+                eprintln!("hearth: cannot stop vm {}: {e}", r.id);
                 failed += 1;
             }
         }

@@ -1,30 +1,22 @@
-//! Where hearth keeps its state and finds the guest binary.
+//! Pure helpers for choosing the state dir and checking the guest binary. The
+//! edge (CLI, server) feeds them the environment it read.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use crate::error::{Error, Result};
 
-const BUILD_HINT: &str =
+/// How to build the static guest binary, for error messages.
+pub const GUEST_BUILD_HINT: &str =
     "build it with: RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p hearth-guest --target x86_64-unknown-linux-gnu";
 
-/// The state dir: `HEARTH_STATE_DIR`, else `/var/lib/hearth` when writable, else
-/// `$XDG_STATE_HOME/hearth` or `~/.local/state/hearth`.
-pub fn state_dir() -> anyhow::Result<PathBuf> {
-    resolve_state_dir(
-        std::env::var_os("HEARTH_STATE_DIR").map(PathBuf::from),
-        Path::new("/var/lib"),
-        std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
-        std::env::var_os("HOME").map(PathBuf::from),
-    )
-}
-
-/// Pure-ish part of [`state_dir`] (it probes writability of `var_lib`).
+/// The state dir: `explicit` (non-empty), else `<var_lib>/hearth` when
+/// writable, else `$XDG_STATE_HOME/hearth`, else `~/.local/state/hearth`.
 pub fn resolve_state_dir(
     explicit: Option<PathBuf>,
     var_lib: &Path,
     xdg_state: Option<PathBuf>,
     home: Option<PathBuf>,
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf> {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
         return Ok(p);
     }
@@ -37,12 +29,13 @@ pub fn resolve_state_dir(
     }
     match home {
         Some(h) => Ok(h.join(".local/state/hearth")),
-        None => bail!("cannot choose a state dir: set HEARTH_STATE_DIR (HOME is not set)"),
+        None => Err(Error::InvalidSpec(
+            "cannot choose a state dir: set HEARTH_STATE_DIR (HOME is not set)".into(),
+        )),
     }
 }
 
-/// The image cache: an explicit (non-empty) `HEARTH_IMAGE_CACHE`, else
-/// `<state>/images`. Language images live in its `rootfs/` subdirectory.
+/// The image cache: `explicit` (non-empty), else `<state>/images`.
 pub fn resolve_image_cache(explicit: Option<PathBuf>, state_dir: &Path) -> PathBuf {
     explicit
         .filter(|p| !p.as_os_str().is_empty())
@@ -58,37 +51,12 @@ fn dir_writable(p: &Path) -> bool {
         .is_ok()
 }
 
-/// The static guest binary: `HEARTH_GUEST_BIN`, else next to the `hearth` binary's
-/// target dir (`../x86_64-unknown-linux-gnu/<profile>/hearth-guest`), else beside it.
-pub fn guest_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HEARTH_GUEST_BIN").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!(
-                "HEARTH_GUEST_BIN={} does not exist; {BUILD_HINT}",
-                p.display()
-            );
-        }
-        check_static(&p)?;
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("cannot find the hearth executable")?;
-    let candidates = guest_candidates(&exe);
-    for c in &candidates {
-        if c.is_file() {
-            check_static(c)?;
-            return Ok(c.clone());
-        }
-    }
-    let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-    bail!("the static guest binary hearth-guest was not found (looked in {}; or set HEARTH_GUEST_BIN); {BUILD_HINT}", looked.join(", "))
-}
-
-/// Where to look for the guest binary relative to the `hearth` executable.
+/// Where to look for the guest binary relative to the `hearth` executable:
+/// `target/x86_64-unknown-linux-gnu/<profile>/hearth-guest`, the other
+/// profile, then beside the executable.
 pub fn guest_candidates(exe: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Some(dir) = exe.parent() else { return out };
-    // target/<profile>/hearth (or target/<profile>/deps/... for tests).
     let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
         dir.parent().unwrap_or(dir)
     } else {
@@ -97,7 +65,6 @@ pub fn guest_candidates(exe: &Path) -> Vec<PathBuf> {
     if let (Some(profile), Some(target)) = (profile_dir.file_name(), profile_dir.parent()) {
         let triple = target.join("x86_64-unknown-linux-gnu");
         out.push(triple.join(profile).join("hearth-guest"));
-        // The other profile, release first.
         for p in ["release", "debug"] {
             let c = triple.join(p).join("hearth-guest");
             if !out.contains(&c) {
@@ -109,22 +76,24 @@ pub fn guest_candidates(exe: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Fails unless `path` is an x86_64 ELF without a `PT_INTERP` program header (static).
-pub fn check_static(path: &Path) -> anyhow::Result<()> {
-    let data = std::fs::read(path)
-        .with_context(|| format!("cannot read the guest binary {}", path.display()))?;
+/// Fails unless `path` is a static 64-bit ELF (no `PT_INTERP`).
+pub fn check_static(path: &Path) -> Result<()> {
+    let data = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
     match elf_is_static(&data) {
         Some(true) => Ok(()),
-        Some(false) => bail!(
-            "the guest binary {} is dynamically linked (it has an ELF interpreter) and cannot run in the initramfs; {BUILD_HINT}",
+        Some(false) => Err(Error::InvalidSpec(format!(
+            "{} is dynamically linked (it has an ELF interpreter) and cannot run in the initramfs; {GUEST_BUILD_HINT}",
             path.display()
-        ),
-        None => bail!("the guest binary {} is not a 64-bit ELF executable; {BUILD_HINT}", path.display()),
+        ))),
+        None => Err(Error::InvalidSpec(format!(
+            "{} is not a 64-bit ELF executable; {GUEST_BUILD_HINT}",
+            path.display()
+        ))),
     }
 }
 
-/// `Some(true)` for a 64-bit little-endian ELF with no `PT_INTERP`, `Some(false)` with
-/// one, `None` when it is not such an ELF.
+/// `Some(true)` for a 64-bit little-endian ELF with no `PT_INTERP`,
+/// `Some(false)` with one, `None` when it is not such an ELF.
 pub fn elf_is_static(d: &[u8]) -> Option<bool> {
     if d.get(0..4)? != b"\x7fELF" || *d.get(4)? != 2 || *d.get(5)? != 1 {
         return None;
@@ -171,6 +140,9 @@ mod tests {
             PathBuf::from("/h/.local/state/hearth")
         );
         assert!(resolve_state_dir(None, ro, None, None).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let got = resolve_state_dir(None, d.path(), Some("/x".into()), None).unwrap();
+        assert_eq!(got, d.path().join("hearth"));
     }
 
     #[test]
@@ -183,17 +155,6 @@ mod tests {
             resolve_image_cache(Some("".into()), Path::new("/s")),
             PathBuf::from("/s/images")
         );
-        assert_eq!(
-            resolve_image_cache(None, Path::new("/s")),
-            PathBuf::from("/s/images")
-        );
-    }
-
-    #[test]
-    fn writable_var_lib_is_used() {
-        let d = tempfile::tempdir().unwrap();
-        let got = resolve_state_dir(None, d.path(), Some("/x".into()), None).unwrap();
-        assert_eq!(got, d.path().join("hearth"));
     }
 
     #[test]
@@ -219,19 +180,16 @@ mod tests {
 
     #[test]
     fn elf_static_check_reads_program_headers() {
-        // This test binary is dynamically linked (normal cargo test build).
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(elf_is_static(&me), Some(false));
         assert_eq!(elf_is_static(b"#!/bin/sh\n"), None);
         assert_eq!(elf_is_static(b"\x7fELF"), None);
-        // A minimal header with no program headers counts as static.
         let mut h = vec![0u8; 64];
         h[0..4].copy_from_slice(b"\x7fELF");
         h[4] = 2;
         h[5] = 1;
         h[0x36] = 56;
         assert_eq!(elf_is_static(&h), Some(true));
-        // One PT_INTERP header.
         h[0x20] = 64;
         h[0x38] = 1;
         let mut ph = vec![0u8; 56];

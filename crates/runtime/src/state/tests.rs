@@ -1,0 +1,149 @@
+use super::*;
+
+pub(crate) fn rec(id: &str, status: VmStatus) -> VmRecord {
+    VmRecord {
+        id: id.into(),
+        name: None,
+        created_at: 1,
+        status,
+        cpus: 1,
+        mem_mib: 256,
+        language: "none".into(),
+        initrd: "/i".into(),
+        custom_initrd: false,
+        kernel: "/k".into(),
+        accel: Some("tcg".into()),
+        backend: None,
+        creator: None,
+        dir: "/nonexistent".into(),
+        note: None,
+        rootfs: None,
+        lowerfs: None,
+        image_hash: None,
+        disk_mib: 0,
+        network: hearth_vmm::Network::None,
+        persist_volume: None,
+        env: Vec::new(),
+        hello: Vec::new(),
+        vmm_uid: None,
+    }
+}
+
+fn db(dir: &Path) -> StateDb {
+    StateDb::new(dir.join(DB_FILE), Duration::from_millis(300))
+}
+
+#[tokio::test]
+async fn reading_a_missing_db_creates_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let st = db(d.path());
+    assert!(st.read_all().await.unwrap().is_empty());
+    assert!(!st.path().exists(), "a read created the DB");
+    assert_eq!(st.open().await.unwrap(), None);
+    assert!(st.path().exists());
+    let mode = std::fs::metadata(st.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn records_round_trip_through_transactions() {
+    let d = tempfile::tempdir().unwrap();
+    let st = db(d.path());
+    st.open().await.unwrap();
+    st.insert(rec("aa", VmStatus::Running), |_, _| Ok(())).await.unwrap();
+    let e = st
+        .insert(rec("aa", VmStatus::Running), |_, _| Ok(()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+    // Admission sees the others and may refuse: nothing is written then.
+    let e = st
+        .insert(rec("bb", VmStatus::Creating), |others, _| {
+            assert_eq!(others.len(), 1);
+            Err(Error::Admission("no room".into()))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Admission(_)));
+    assert_eq!(st.read_all().await.unwrap().len(), 1);
+    let u = st.update("aa", |_, r| {
+        r.note = Some("x".into());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(u.note.as_deref(), Some("x"));
+    assert!(matches!(
+        st.update("zz", |_, _| Ok(())).await,
+        Err(Error::NotFound(_))
+    ));
+    // A judged record that changed meanwhile is left alone.
+    let stale = rec("aa", VmStatus::Running);
+    let n = st
+        .replace_unchanged(vec![(stale, rec("aa", VmStatus::Stopped))])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let n = st
+        .replace_unchanged(vec![(u.clone(), rec("aa", VmStatus::Stopped))])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    st.remove("aa").await.unwrap();
+    assert!(st.read_all().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_locked_db_is_retried_then_named() {
+    let d = tempfile::tempdir().unwrap();
+    let st = db(d.path());
+    st.open().await.unwrap();
+    let held = Database::create(st.path()).unwrap();
+    let t0 = Instant::now();
+    let e = st.read_all().await.unwrap_err();
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(e.to_string().contains("locked by another process"), "{e}");
+    // Released within the timeout: the waiter gets it.
+    let st2 = StateDb::new(st.path(), Duration::from_secs(5));
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(held);
+    });
+    st2.read_all().await.unwrap();
+    release.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let st = db(d.path());
+    {
+        let db = Database::create(st.path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let e = st.open().await.unwrap_err().to_string();
+    assert!(e.contains("schema version 99"), "{e}");
+    let e = st.read_all().await.unwrap_err().to_string();
+    assert!(e.contains("schema version 99"), "{e}");
+}
+
+#[tokio::test]
+async fn a_v1_db_is_migrated_once_in_place() {
+    let d = tempfile::tempdir().unwrap();
+    let st = db(d.path());
+    let v1 = super::migrate::V1_RUNNING_FIXTURE;
+    write_v1_db(st.path(), &[("ab12cd34".into(), v1.into())]).unwrap();
+    // Unmigrated: reads refuse rather than misread.
+    assert!(st.read_all().await.is_err());
+    assert_eq!(st.open().await.unwrap(), Some(1));
+    let all = st.read_all().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].backend.is_some());
+    assert_eq!(st.open().await.unwrap(), Some(SCHEMA_VERSION));
+}
