@@ -32,7 +32,7 @@ fn too_little_memory_and_missing_kernel_fail_before_booting() {
     let o = env.run(&["vm", "create", "--mem", "16"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("--mem 16 MiB is below the minimum"),
+        stderr(&o).contains("memory 16 MiB is below the minimum"),
         "{}",
         stderr(&o)
     );
