@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::credit::{Ended, InputCredit};
 use crate::error::ClientError;
 
 /// Read into the buffer only when at least this much room is left...
@@ -42,15 +43,35 @@ impl Default for ConnectOptions {
 
 pub(crate) type Reply = Result<Message, ClientError>;
 
+/// What kind of stream a seq carries; it decides which frame ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    /// Ends with EXEC_EXIT; an ERROR ends it only before EXEC_STARTED (after
+    /// that it reports a refused stream frame and the session goes on).
+    Exec { started: bool },
+    /// Ends with the FILE_DATA that has `eof`, or ERROR.
+    Read,
+    /// Ends with WRITE_FILE_RESULT or ERROR.
+    Write,
+}
+
+/// How a stream is opened: its kind and its credit in both directions.
+pub(crate) struct StreamSpec {
+    pub(crate) kind: StreamKind,
+    /// Output credit granted to the agent, when the agent follows it.
+    pub(crate) credit: Option<Arc<AtomicI64>>,
+    /// Input credit granted by the agent, when it grants any.
+    pub(crate) input: Option<Arc<InputCredit>>,
+}
+
 /// Where frames for one seq go.
 enum Route {
     /// A request answered by exactly one frame.
     Once(oneshot::Sender<Reply>),
-    /// A stream (exec session, file read, file write). `credit` is the
-    /// flow-control credit granted to the agent when the stream is credited.
+    /// A stream (exec session, file read, file write).
     Stream {
         tx: mpsc::UnboundedSender<Reply>,
-        credit: Option<Arc<AtomicI64>>,
+        spec: StreamSpec,
     },
 }
 
@@ -131,7 +152,10 @@ impl Routes {
                 Route::Once(tx) => {
                     let _ = tx.send(Err(err));
                 }
-                Route::Stream { tx, .. } => {
+                Route::Stream { tx, spec } => {
+                    if let Some(input) = &spec.input {
+                        input.end(Ended::Closed(reason.to_string()));
+                    }
                     let _ = tx.send(Err(err));
                 }
             }
@@ -152,7 +176,7 @@ impl Routes {
             reason: format!("frame {:#04x} seq {seq}: {e}", frame.kind),
         });
         let mut g = self.lock();
-        let Some(route) = g.map.get(&seq) else {
+        let Some(route) = g.map.get_mut(&seq) else {
             debug!(
                 seq,
                 kind = frame.kind,
@@ -160,54 +184,70 @@ impl Routes {
             );
             return;
         };
-        match route {
+        let (tx, spec) = match route {
             Route::Once(_) => {
                 if let Some(Route::Once(tx)) = g.map.remove(&seq) {
                     let _ = tx.send(msg);
                 }
+                return;
             }
-            Route::Stream { tx, credit } => {
-                let terminal = match &msg {
-                    Ok(Message::ExecExit(_))
-                    | Ok(Message::Error(_))
-                    | Ok(Message::WriteFileResult(_))
-                    | Err(_) => true,
-                    Ok(Message::FileData(d)) => d.eof,
-                    Ok(_) => false,
-                };
-                let data_len = match &msg {
-                    Ok(Message::ExecStdout(c)) | Ok(Message::ExecStderr(c)) => c.data.len(),
-                    Ok(Message::FileData(d)) => d.data.len(),
-                    _ => 0,
-                };
-                let mut violation = None;
-                if let Some(credit) = credit {
-                    let left =
-                        credit.fetch_sub(data_len as i64, Ordering::AcqRel) - data_len as i64;
-                    if left < -slack {
-                        violation = Some(ClientError::Protocol {
-                            reason: format!(
-                                "seq {seq}: the agent sent {} bytes beyond its flow-control credit",
-                                -left
-                            ),
-                        });
-                    }
-                }
-                // The consumer may have gone away; the route stays until the
-                // terminal frame so the seq is not reused too early.
-                match violation {
-                    Some(err) => {
-                        let _ = tx.send(Err(err));
-                        g.map.remove(&seq);
-                    }
-                    None => {
-                        let _ = tx.send(msg);
-                        if terminal {
-                            g.map.remove(&seq);
-                        }
-                    }
-                }
+            Route::Stream { tx, spec } => (tx, spec),
+        };
+        if let Ok(Message::WindowUpdate(w)) = &msg {
+            // Input credit returned by the agent: not an event for the consumer.
+            match &spec.input {
+                Some(input) => input.grant(w.bytes),
+                None => debug!(seq, "WINDOW_UPDATE for a stream without input credit"),
             }
+            return;
+        }
+        let terminal = match (&msg, &mut spec.kind) {
+            (Err(_), _) => true,
+            (Ok(Message::ExecStarted(_)), StreamKind::Exec { started }) => {
+                *started = true;
+                false
+            }
+            (Ok(Message::ExecExit(_)), StreamKind::Exec { .. }) => true,
+            (Ok(Message::Error(_)), StreamKind::Exec { started }) => !*started,
+            (Ok(Message::Error(_)), StreamKind::Read | StreamKind::Write) => true,
+            (Ok(Message::FileData(d)), StreamKind::Read) => d.eof,
+            (Ok(Message::WriteFileResult(_)), StreamKind::Write) => true,
+            (Ok(_), _) => false,
+        };
+        let data_len = match &msg {
+            Ok(Message::ExecStdout(c)) | Ok(Message::ExecStderr(c)) => c.data.len(),
+            Ok(Message::FileData(d)) => d.data.len(),
+            _ => 0,
+        };
+        let mut violation = None;
+        if let Some(credit) = &spec.credit {
+            let left = credit.fetch_sub(data_len as i64, Ordering::AcqRel) - data_len as i64;
+            if left < -slack {
+                violation = Some(ClientError::Protocol {
+                    reason: format!(
+                        "seq {seq}: the agent sent {} bytes beyond its flow-control credit",
+                        -left
+                    ),
+                });
+            }
+        }
+        // The consumer may have gone away; the route stays until the
+        // terminal frame so the seq is not reused too early.
+        let end = match violation {
+            Some(err) => {
+                let _ = tx.send(Err(err));
+                true
+            }
+            None => {
+                let _ = tx.send(msg);
+                terminal
+            }
+        };
+        if end {
+            if let Some(input) = &spec.input {
+                input.end(Ended::Finished);
+            }
+            g.map.remove(&seq);
         }
     }
 }
@@ -316,6 +356,18 @@ impl Client {
         } else {
             ready.max_frame_len
         };
+        // The limit binds both directions: an agent that may send frames this
+        // client refuses would fail later, in the middle of some stream.
+        if max_out > opts.max_frame_len {
+            reader.abort();
+            routes.close("frame limit above the client's");
+            return Err(ClientError::Protocol {
+                reason: format!(
+                    "the agent announces frames of up to {max_out} bytes, above this client's limit of {} (ConnectOptions::max_frame_len)",
+                    opts.max_frame_len
+                ),
+            });
+        }
         debug!(agent = %ready.agent_version, caps = ready.capabilities, "agent ready");
         Ok(Client {
             inner: Arc::new(Inner {
@@ -351,6 +403,18 @@ impl Client {
 
     pub(crate) fn flow_control(&self) -> bool {
         hearth_proto::has_capability(self.inner.ready.capabilities, pb::Capability::FlowControl)
+    }
+
+    /// Input credit for a new stream, when the agent grants it.
+    pub(crate) fn input_credit(&self) -> Option<Arc<InputCredit>> {
+        let caps = self.inner.ready.capabilities;
+        if !hearth_proto::has_capability(caps, pb::Capability::InputFlowControl) {
+            return None;
+        }
+        Some(InputCredit::new(match self.inner.ready.input_window {
+            0 => hearth_proto::DEFAULT_INPUT_WINDOW,
+            w => w,
+        }))
     }
 
     /// Largest payload that fits in a frame the agent accepts.
@@ -421,10 +485,10 @@ impl Client {
     pub(crate) async fn open_stream(
         &self,
         msg: Message,
-        credit: Option<Arc<AtomicI64>>,
+        spec: StreamSpec,
     ) -> Result<(u32, mpsc::UnboundedReceiver<Reply>), ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let seq = self.inner.routes.register(Route::Stream { tx, credit })?;
+        let seq = self.inner.routes.register(Route::Stream { tx, spec })?;
         if let Err(e) = self.send_frame(msg.into_frame(seq)).await {
             self.inner.routes.unregister(seq);
             return Err(e);

@@ -63,7 +63,8 @@ pub enum ClientError {
     #[error("protocol violation by the agent: {reason}")]
     Protocol { reason: String },
 
-    /// The agent answered the request with ERROR.
+    /// The agent answered the request with ERROR. `message` carries the OS
+    /// text of `errno`; the display adds the number once.
     #[error("{op} failed on the agent: {code:?}: {message}{}", errno_suffix(*errno))]
     Remote {
         op: &'static str,
@@ -88,7 +89,25 @@ fn errno_suffix(errno: i32) -> String {
     if errno == 0 {
         String::new()
     } else {
-        format!(" (errno {errno}: {})", io::Error::from_raw_os_error(errno))
+        format!(" (errno {errno})")
+    }
+}
+
+/// An agent message with the OS text of `errno` exactly once and no number:
+/// drops the ` (os error N)` older agents wrote, and adds the text when the
+/// message lacks it.
+pub(crate) fn with_errno_text(message: &str, errno: i32) -> String {
+    let clean = hearth_proto::strip_os_error(message);
+    if errno == 0 {
+        return clean;
+    }
+    let text = hearth_proto::errno_text(errno);
+    if clean.contains(&text) {
+        clean
+    } else if clean.is_empty() {
+        text
+    } else {
+        format!("{clean}: {text}")
     }
 }
 
@@ -144,7 +163,7 @@ impl ClientError {
         ClientError::Remote {
             op,
             code: pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified),
-            message: e.message,
+            message: with_errno_text(&e.message, e.errno),
             errno: e.errno,
         }
     }
@@ -186,7 +205,31 @@ mod tests {
             },
         );
         let s = e.to_string();
-        assert!(s.contains("stat failed") && s.contains("errno 2"), "{s}");
+        assert_eq!(
+            s,
+            "stat failed on the agent: NotFound: /nope: not found: No such file or directory (errno 2)"
+        );
         assert_eq!(e.remote_errno(), Some(2));
+    }
+
+    #[test]
+    fn remote_error_says_the_errno_once() {
+        for message in [
+            "stat /x: No such file or directory",
+            "stat /x: No such file or directory (os error 2)",
+        ] {
+            let e = ClientError::remote(
+                "stat",
+                pb::Error {
+                    code: pb::ErrorCode::NotFound as i32,
+                    message: message.into(),
+                    errno: 2,
+                },
+            );
+            assert_eq!(
+                e.to_string(),
+                "stat failed on the agent: NotFound: stat /x: No such file or directory (errno 2)"
+            );
+        }
     }
 }

@@ -8,8 +8,13 @@ use hearth_proto::{pb, Message, MessageType};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::conn::{unexpected, Client, Reply};
+use crate::conn::{unexpected, Client, Reply, StreamKind, StreamSpec};
+use crate::credit::{Ended, InputCredit};
 use crate::error::ClientError;
+
+/// Largest stdin frame sent under input credit: a few per window, so the
+/// agent's returns keep the pipe full.
+const CREDITED_STDIN_CHUNK: usize = 256 * 1024;
 
 /// The agent's default exec window when `ExecStart.window` is 0.
 pub const DEFAULT_EXEC_WINDOW: u32 = 256 * 1024;
@@ -29,10 +34,13 @@ pub struct ExecHandle {
     seq: u32,
     rx: mpsc::UnboundedReceiver<Reply>,
     credit: Option<Arc<AtomicI64>>,
+    /// Stdin credit granted by the agent, when it grants any.
+    input: Option<Arc<InputCredit>>,
     window: u32,
     /// Data handed to the caller whose credit has not been returned yet.
     consumed: u32,
     next_index: [u64; 2],
+    started: bool,
     finished: bool,
 }
 
@@ -46,8 +54,10 @@ impl Client {
         }
     }
 
-    /// Opens a streaming exec session.
-    pub async fn exec_stream(&self, req: pb::ExecStart) -> Result<ExecHandle, ClientError> {
+    /// Opens a streaming exec session. With `stdin_open`, stdin written
+    /// through [`ExecControl::write_stdin`] follows the agent's input credit
+    /// when it grants one (`CAPABILITY_INPUT_FLOW_CONTROL`).
+    pub async fn exec_stream(&self, mut req: pb::ExecStart) -> Result<ExecHandle, ClientError> {
         self.require(pb::Capability::ExecStream, "streaming exec")?;
         let window = if req.window == 0 {
             DEFAULT_EXEC_WINDOW
@@ -57,17 +67,28 @@ impl Client {
         let credit = self
             .flow_control()
             .then(|| Arc::new(AtomicI64::new(window as i64)));
-        let (seq, rx) = self
-            .open_stream(Message::ExecStart(req), credit.clone())
-            .await?;
+        let input = if req.stdin_open {
+            self.input_credit()
+        } else {
+            None
+        };
+        req.input_credit = input.is_some();
+        let spec = StreamSpec {
+            kind: StreamKind::Exec { started: false },
+            credit: credit.clone(),
+            input: input.clone(),
+        };
+        let (seq, rx) = self.open_stream(Message::ExecStart(req), spec).await?;
         Ok(ExecHandle {
             client: self.clone(),
             seq,
             rx,
             credit,
+            input,
             window,
             consumed: 0,
             next_index: [0, 0],
+            started: false,
             finished: false,
         })
     }
@@ -78,16 +99,43 @@ impl Client {
 pub struct ExecControl {
     client: Client,
     seq: u32,
+    input: Option<Arc<InputCredit>>,
 }
 
 impl ExecControl {
     /// Sends bytes to the child's stdin (the session must have `stdin_open`).
+    ///
+    /// Under input credit this waits while the agent's window is used up, so
+    /// a child that stops reading stalls this call (and only this session).
+    /// Once the session has ended, the rest is dropped (as the agent drops
+    /// stdin for a finished session) and this returns `Ok`.
     pub async fn write_stdin(&self, data: Bytes) -> Result<(), ClientError> {
         // Leave room for the protobuf framing of the field.
-        let chunk = self.client.max_payload().saturating_sub(64).max(1);
+        let mut chunk = self.client.max_payload().saturating_sub(64).max(1);
+        if self.input.is_some() {
+            chunk = chunk.min(CREDITED_STDIN_CHUNK);
+        }
         let mut rest = data;
         while !rest.is_empty() {
-            let part = rest.split_to(rest.len().min(chunk));
+            let want = rest.len().min(chunk);
+            let n = match &self.input {
+                None => want,
+                Some(input) => match input.reserve(want).await {
+                    Ok(n) => n,
+                    Err(Ended::Finished) => {
+                        debug!(
+                            seq = self.seq,
+                            left = rest.len(),
+                            "session ended; stdin dropped"
+                        );
+                        return Ok(());
+                    }
+                    Err(Ended::Closed(reason)) => {
+                        return Err(ClientError::ConnectionClosed { reason })
+                    }
+                },
+            };
+            let part = rest.split_to(n);
             let m = Message::ExecStdin(pb::StdinData {
                 data: part,
                 eof: false,
@@ -123,6 +171,7 @@ impl ExecHandle {
         ExecControl {
             client: self.client.clone(),
             seq: self.seq,
+            input: self.input.clone(),
         }
     }
 
@@ -133,6 +182,11 @@ impl ExecHandle {
 
     /// The next event, or `None` after `Exit` was returned. Returns flow-control
     /// credit to the agent as output is handed out.
+    ///
+    /// An `ERROR` the agent sends about a frame of a running session (a
+    /// signal out of range, stdin beyond the credit) comes back as
+    /// [`ClientError::Remote`] while the session goes on: calling again
+    /// continues to its `Exit` (a dropped handle kills the session).
     pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ClientError> {
         if self.finished {
             return Ok(None);
@@ -151,7 +205,11 @@ impl ExecHandle {
             }
         };
         let ev = match msg {
-            Message::ExecStarted(s) => ExecEvent::Started { pid: s.pid },
+            Message::ExecStarted(s) => {
+                self.started = true;
+                ExecEvent::Started { pid: s.pid }
+            }
+            Message::Error(e) if self.started => return Err(ClientError::remote("exec", e)),
             Message::ExecStdout(c) => {
                 self.check_index(0, MessageType::ExecStdout, c.index)?;
                 self.consume(c.data.len()).await?;
@@ -279,11 +337,7 @@ pub fn exit_code(outcome: Option<&pb::ExecOutcome>) -> i32 {
 
 /// The text for a guest errno, e.g. `No such file or directory`.
 pub fn errno_text(errno: i32) -> String {
-    let s = std::io::Error::from_raw_os_error(errno).to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
+    hearth_proto::errno_text(errno)
 }
 
 /// A one-line description of an outcome, e.g. `exited with code 3`.
@@ -301,12 +355,12 @@ pub fn describe_outcome(outcome: Option<&pb::ExecOutcome>) -> String {
             let kind = pb::SpawnErrorKind::try_from(n.kind)
                 .map(|k| k.as_str_name().to_string())
                 .unwrap_or_else(|_| format!("kind {}", n.kind));
-            format!(
-                "never started: {kind}, errno {} ({}): {}",
-                n.errno,
-                errno_text(n.errno),
-                n.message
-            )
+            let message = crate::error::with_errno_text(&n.message, n.errno);
+            if n.errno == 0 {
+                format!("never started: {kind}: {message}")
+            } else {
+                format!("never started: {kind}, errno {}: {message}", n.errno)
+            }
         }
         None => "no outcome reported".to_string(),
     }
@@ -348,5 +402,25 @@ mod tests {
             126
         );
         assert_eq!(exit_code(None), 1);
+    }
+
+    #[test]
+    fn never_started_names_the_errno_once() {
+        for message in [
+            // This agent: the OS text, no number.
+            "/nope: No such file or directory",
+            // Older agents: Rust's `(os error N)` suffix too.
+            "/nope: No such file or directory (os error 2)",
+        ] {
+            let d = describe_outcome(Some(&o(Kind::NeverStarted(pb::NeverStarted {
+                kind: pb::SpawnErrorKind::NotFound as i32,
+                errno: 2,
+                message: message.into(),
+            }))));
+            assert_eq!(
+                d,
+                "never started: SPAWN_ERROR_KIND_NOT_FOUND, errno 2: /nope: No such file or directory"
+            );
+        }
     }
 }

@@ -7,13 +7,17 @@ use bytes::{Bytes, BytesMut};
 use hearth_proto::{pb, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::conn::{unexpected, Client, Reply};
+use crate::conn::{unexpected, Client, Reply, StreamKind, StreamSpec};
+use crate::credit::InputCredit;
 use crate::error::ClientError;
 
 /// Credit granted to the agent for a file read.
 const READ_WINDOW: u32 = 4 * 1024 * 1024;
-/// Largest FILE_DATA chunk the client sends.
+/// Largest FILE_DATA chunk the client sends to an agent without input credit.
 const WRITE_CHUNK: usize = 1024 * 1024;
+/// Largest FILE_DATA chunk under input credit: a few per window, so the
+/// agent writes one while the next is on its way.
+const CREDITED_WRITE_CHUNK: usize = 256 * 1024;
 
 impl Client {
     /// Reads a whole file into memory.
@@ -39,7 +43,12 @@ impl Client {
             length: 0,
             window: READ_WINDOW,
         });
-        let (seq, mut rx) = self.open_stream(req, credit.clone()).await?;
+        let spec = StreamSpec {
+            kind: StreamKind::Read,
+            credit: credit.clone(),
+            input: None,
+        };
+        let (seq, mut rx) = self.open_stream(req, spec).await?;
         let mut guard = ReadGuard {
             client: self,
             seq,
@@ -87,6 +96,7 @@ impl Client {
 
     /// Writes everything from `r` to `path` on the guest with chunked
     /// FILE_WRITE; the file appears atomically. Returns the bytes written.
+    /// Chunks follow the agent's input credit when it grants one.
     pub async fn write_file<R: AsyncRead + Unpin>(
         &self,
         path: &str,
@@ -95,16 +105,26 @@ impl Client {
         create_parents: bool,
     ) -> Result<u64, ClientError> {
         self.require(pb::Capability::Files, "file transfer")?;
+        let input = self.input_credit();
         let req = Message::FileWrite(pb::FileWrite {
             path: path.to_string(),
             mode,
             create_parents,
             size: 0,
+            input_credit: input.is_some(),
         });
-        let (seq, mut rx) = self.open_stream(req, None).await?;
-        let chunk = WRITE_CHUNK
-            .min(self.max_payload().saturating_sub(64))
-            .max(1);
+        let spec = StreamSpec {
+            kind: StreamKind::Write,
+            credit: None,
+            input: input.clone(),
+        };
+        let (seq, mut rx) = self.open_stream(req, spec).await?;
+        let most = if input.is_some() {
+            CREDITED_WRITE_CHUNK
+        } else {
+            WRITE_CHUNK
+        };
+        let chunk = most.min(self.max_payload().saturating_sub(64)).max(1);
         let mut sent = 0u64;
         loop {
             let mut buf = BytesMut::with_capacity(chunk);
@@ -128,11 +148,13 @@ impl Client {
                 return Err(finish_write(m, "write_file"));
             }
             sent += buf.len() as u64;
-            let m = Message::FileData(pb::FileData {
-                data: buf.freeze(),
-                eof,
-            });
-            self.send_frame(m.into_frame(seq)).await?;
+            if !self
+                .send_chunk(seq, buf.freeze(), eof, input.as_deref())
+                .await?
+            {
+                // The write ended on the agent before all data was sent.
+                break;
+            }
             if eof {
                 break;
             }
@@ -150,6 +172,40 @@ impl Client {
                 Ok(r.bytes_written)
             }
             m => Err(unexpected("write_file", m)),
+        }
+    }
+
+    /// Sends `data` as FILE_DATA for `seq`, in pieces that fit the input
+    /// credit when there is one; the last piece carries `eof`. Returns false
+    /// when the stream ended on the agent first (its answer is on the route).
+    async fn send_chunk(
+        &self,
+        seq: u32,
+        mut data: Bytes,
+        eof: bool,
+        input: Option<&InputCredit>,
+    ) -> Result<bool, ClientError> {
+        loop {
+            let n = match input {
+                Some(c) if !data.is_empty() => match c.reserve(data.len()).await {
+                    Ok(n) => n,
+                    Err(crate::credit::Ended::Finished) => return Ok(false),
+                    Err(crate::credit::Ended::Closed(reason)) => {
+                        return Err(ClientError::ConnectionClosed { reason })
+                    }
+                },
+                _ => data.len(),
+            };
+            let piece = data.split_to(n);
+            let last = data.is_empty();
+            let m = Message::FileData(pb::FileData {
+                data: piece,
+                eof: eof && last,
+            });
+            self.send_frame(m.into_frame(seq)).await?;
+            if last {
+                return Ok(true);
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! - `conn`: [`Client`] — reader task (frame decode with a length cap, demux by
 //!   seq), writer task, seq allocation, READY and version check.
 //! - `exec`: one-shot exec and streaming sessions ([`ExecHandle`], flow control).
+//! - `credit`: input credit the agent grants for stdin and uploads.
 //! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
 //! - `ops`: ping, system info, shutdown.
 //! - [`error`]: [`ClientError`] and its retryability.
@@ -14,6 +15,7 @@
 mod conn;
 #[cfg(test)]
 mod conn_tests;
+mod credit;
 pub mod endpoint;
 pub mod error;
 mod exec;

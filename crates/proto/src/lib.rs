@@ -20,7 +20,8 @@ pub mod pb {
 
 pub use frame::{DecodeError, EncodeError, Frame, FrameDecoder, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
 pub use message::{
-    capability_bit, env_vars, has_capability, Message, MessageError, MessageType, PROTOCOL_VERSION,
+    capability_bit, env_vars, errno_text, has_capability, os_error_text, strip_os_error, Message,
+    MessageError, MessageType, DEFAULT_INPUT_WINDOW, PROTOCOL_VERSION, SIGNAL_RANGE,
 };
 
 /// Version of this crate, reported as the agent version.

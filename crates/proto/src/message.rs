@@ -14,6 +14,13 @@ use crate::pb;
 /// additions are announced through capability bits instead.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Input credit per stream when `Ready.input_window` is 0 (see
+/// `CAPABILITY_INPUT_FLOW_CONTROL`).
+pub const DEFAULT_INPUT_WINDOW: u32 = 1024 * 1024;
+
+/// Valid `ExecSignal.signal` values: Linux signal numbers.
+pub const SIGNAL_RANGE: std::ops::RangeInclusive<i32> = 1..=64;
+
 macro_rules! message_types {
     ($( $(#[$doc:meta])* $variant:ident = $num:literal => $payload:ty, )*) => {
         /// Frame type numbers.
@@ -170,8 +177,13 @@ impl Message {
                 validate_path("to", &m.to).or_else(invalid)
             }
             Message::ExecSignal(m) => {
-                if !(1..=64).contains(&m.signal) {
-                    return invalid(format!("signal {} is out of range 1..=64", m.signal));
+                if !SIGNAL_RANGE.contains(&m.signal) {
+                    return invalid(format!(
+                        "signal {} is out of range {}..={}",
+                        m.signal,
+                        SIGNAL_RANGE.start(),
+                        SIGNAL_RANGE.end()
+                    ));
                 }
                 Ok(())
             }
@@ -245,6 +257,37 @@ pub fn env_vars<K: AsRef<str>, V: AsRef<str>>(
         .collect()
 }
 
+/// The OS text for an errno without the number, e.g. `No such file or
+/// directory`. Messages on the wire carry the text; the number travels only in
+/// the `errno` field, so whoever shows both says it once.
+pub fn errno_text(errno: i32) -> String {
+    os_error_text(&std::io::Error::from_raw_os_error(errno))
+}
+
+/// An I/O error's text without Rust's ` (os error N)` suffix.
+pub fn os_error_text(e: &std::io::Error) -> String {
+    strip_os_error(&e.to_string())
+}
+
+/// Removes every ` (os error N)` from `s`.
+pub fn strip_os_error(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(" (os error ") {
+        let tail = &rest[i + " (os error ".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            out.push_str(&rest[..i]);
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(&rest[..i + 1]);
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Builds an `Error` message.
 pub fn error(code: pb::ErrorCode, message: impl Into<String>, errno: i32) -> Message {
     Message::Error(pb::Error {
@@ -314,10 +357,11 @@ mod tests {
                 C::Files,
                 C::SystemInfo,
                 C::Shutdown,
-                C::FlowControl
+                C::FlowControl,
+                C::InputFlowControl
             ]
             .map(|c| c as i32),
-            [0, 1, 2, 3, 4, 5]
+            [0, 1, 2, 3, 4, 5, 6]
         );
         assert_eq!(
             [
@@ -333,10 +377,12 @@ mod tests {
                 E::DuplicateSeq,
                 E::NoSpace,
                 E::Unsupported,
-                E::Internal
+                E::Internal,
+                E::FlowControl,
+                E::ShuttingDown
             ]
             .map(|c| c as i32),
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
         );
         assert_eq!(
             [
@@ -416,6 +462,45 @@ mod tests {
                 matches!(m.validate(), Err(MessageError::Invalid { .. })),
                 "{m:?}"
             );
+        }
+    }
+
+    #[test]
+    fn new_fields_keep_their_numbers() {
+        use prost::Message as _;
+        // Field numbers are part of the contract: tag = number << 3 | wire type.
+        let ready = pb::Ready {
+            input_window: 1,
+            ..Default::default()
+        };
+        assert_eq!(ready.encode_to_vec(), [7 << 3, 1]);
+        let start = pb::ExecStart {
+            input_credit: true,
+            ..Default::default()
+        };
+        assert_eq!(start.encode_to_vec(), [12 << 3, 1]);
+        let write = pb::FileWrite {
+            input_credit: true,
+            ..Default::default()
+        };
+        assert_eq!(write.encode_to_vec(), [5 << 3, 1]);
+    }
+
+    #[test]
+    fn errno_text_has_no_number() {
+        assert_eq!(errno_text(2), "No such file or directory");
+        assert_eq!(
+            strip_os_error("open /x: No such file or directory (os error 2) (os error x)"),
+            "open /x: No such file or directory (os error x)"
+        );
+        assert_eq!(strip_os_error("plain"), "plain");
+    }
+
+    #[test]
+    fn signals_outside_the_linux_range_are_refused() {
+        for (sig, ok) in [(0, false), (1, true), (64, true), (65, false), (-9, false)] {
+            let r = Message::ExecSignal(pb::ExecSignal { signal: sig }).validate();
+            assert_eq!(r.is_ok(), ok, "signal {sig}: {r:?}");
         }
     }
 

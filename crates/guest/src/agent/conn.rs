@@ -1,73 +1,34 @@
-//! One connection: send `READY`, read frames, dispatch requests, route stream
-//! frames (stdin, signals, window updates, file chunks) to their session.
+//! One connection: send `READY`, read frames, dispatch requests, hand stream
+//! frames (stdin, signals, window updates, file chunks) to [`StreamFrames`].
 //!
 //! The reader never waits on a child or the disk: requests run in their own
 //! tasks and answer through the connection's [`Writer`]. Pings are answered
-//! right here, ahead of bulk output.
+//! right here, ahead of bulk output. When the connection closes, every request
+//! still in flight is ended (exec sessions: TERM, [`CONN_GRACE`], KILL).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use hearth_proto::message::error;
 use hearth_proto::{pb, Frame, FrameDecoder, Message, VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
 
-use super::session::{self, Credit, Limits, Sink};
+use super::credit::Credit;
+use super::input::Input;
+use super::lifecycle::{Ctl, Registered};
+use super::routes::{Route, Routes, StreamFrames};
+use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
 use super::{exec, file_read, file_write, files, oneshot, sysinfo, Shared};
 
 /// Default output credit of a streaming exec.
 const DEFAULT_EXEC_WINDOW: u64 = 256 * 1024;
-/// Stdin frames queued per session before the reader waits.
-const STDIN_QUEUE: usize = 16;
-/// File chunks queued per chunked write before the reader waits.
-const FILE_QUEUE: usize = 8;
 /// Read buffer kept between frames; larger ones are released.
 const READ_BUF: usize = 64 * 1024;
-
-/// Where stream frames for an in-flight request go.
-pub enum Route {
-    Exec {
-        credit: Arc<Credit>,
-        pgid: i32,
-        stdin: Option<mpsc::Sender<pb::StdinData>>,
-    },
-    FileRead(Arc<Credit>),
-    FileWrite(mpsc::Sender<pb::FileData>),
-}
-
-/// In-flight requests of one connection, by seq. A request removes its entry
-/// before sending its terminal frame, so the host may reuse the seq at once.
-#[derive(Clone, Default)]
-pub struct Routes(Arc<Mutex<HashMap<u32, Route>>>);
-
-impl Routes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Route>> {
-        // A poisoned map only means a task panicked mid-insert; the map itself is fine.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Inserts unless `seq` is in flight; returns whether it was inserted.
-    fn insert(&self, seq: u32, route: Route) -> bool {
-        let mut m = self.lock();
-        if m.contains_key(&seq) {
-            return false;
-        }
-        m.insert(seq, route);
-        true
-    }
-
-    pub fn remove(&self, seq: u32) {
-        self.lock().remove(&seq);
-    }
-
-    fn contains(&self, seq: u32) -> bool {
-        self.lock().contains_key(&seq)
-    }
-}
+/// Grace between TERM and KILL for the sessions of a closed connection.
+pub const CONN_GRACE: Duration = Duration::from_secs(2);
 
 /// An accepted connection, split into its read and write sides.
 pub trait Conn: Send + 'static {
@@ -104,7 +65,13 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
         return;
     }
     let routes = Routes::default();
-    let decoder = FrameDecoder::new(shared.max_frame_len);
+    let mut cx = Cx {
+        streams: StreamFrames::new(routes.clone(), writer.clone()),
+        writer: writer.clone(),
+        routes: routes.clone(),
+        shared,
+    };
+    let decoder = FrameDecoder::new(cx.shared.max_frame_len);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         match decoder.decode(&mut buf) {
@@ -112,7 +79,7 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
                 if buf.is_empty() && buf.capacity() > READ_BUF {
                     buf = BytesMut::with_capacity(8 * 1024);
                 }
-                dispatch(frame, &writer, &routes).await;
+                dispatch(frame, &mut cx).await;
             }
             Ok(None) => match rd.read_buf(&mut buf).await {
                 Ok(0) => {
@@ -135,29 +102,34 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
             }
         }
     }
-    // Dropping the routes closes stdin of open sessions and ends chunked writes;
-    // running sessions finish on their own, their output drained and dropped.
-    for (_, route) in routes.lock().drain() {
-        match route {
-            Route::Exec { credit, .. } | Route::FileRead(credit) => credit.close(),
-            Route::FileWrite(_) => {}
-        }
-    }
+    // Nobody is left to read answers: sessions are ended, their output
+    // drained and dropped; chunked writes are discarded; reads stop.
+    routes.end_all(CONN_GRACE);
+}
+
+/// What the reader of one connection works with.
+struct Cx {
+    writer: Writer,
+    routes: Routes,
+    streams: StreamFrames,
+    shared: Arc<Shared>,
 }
 
 async fn reply(writer: &Writer, seq: u32, msg: Message) {
     let _ = writer.send(seq, &msg).await;
 }
 
-async fn dispatch(frame: Frame, writer: &Writer, routes: &Routes) {
+async fn dispatch(frame: Frame, cx: &mut Cx) {
     let seq = frame.seq;
     let msg = match Message::from_frame(&frame) {
         Ok(m) => m,
         Err(e) => {
-            tracing::debug!(seq, error = %e, "refusing request");
-            return reply(writer, seq, error(e.code(), e.to_string(), 0)).await;
+            tracing::debug!(seq, error = %e, "refusing frame");
+            let err = error(e.code(), e.to_string(), 0);
+            return cx.routes.refuse(&cx.writer, seq, frame.kind, err).await;
         }
     };
+    let writer = &cx.writer;
     match msg {
         Message::Ping(p) => {
             let pong = Message::Pong(pb::Pong {
@@ -166,58 +138,24 @@ async fn dispatch(frame: Frame, writer: &Writer, routes: &Routes) {
             });
             let _ = writer.send(seq, &pong).await;
         }
-        Message::Exec(req) => {
-            tokio::spawn(oneshot::run(req, seq, writer.clone()));
-        }
-        Message::ExecStart(req) => start_session(req, seq, writer, routes).await,
-        Message::ExecStdin(d) => {
-            let tx = match routes.lock().get(&seq) {
-                Some(Route::Exec {
-                    stdin: Some(tx), ..
-                }) => Some(tx.clone()),
-                _ => None,
-            };
-            // Stdin for a finished session (or one whose stdin is closed) is dropped.
-            if let Some(tx) = tx {
-                let _ = tx.send(d).await;
-            }
-        }
-        Message::ExecSignal(s) => {
-            let pgid = match routes.lock().get(&seq) {
-                Some(Route::Exec { pgid, .. }) => Some(*pgid),
-                _ => None,
-            };
-            match pgid {
-                Some(pgid) => exec::signal_group(pgid, s.signal),
-                None => tracing::debug!(seq, "signal for a finished session dropped"),
-            }
-        }
-        Message::WindowUpdate(w) => match routes.lock().get(&seq) {
-            Some(Route::Exec { credit, .. }) | Some(Route::FileRead(credit)) => {
-                credit.add(w.bytes as u64)
-            }
-            _ => {}
-        },
-        Message::FileData(d) => {
-            let tx = match routes.lock().get(&seq) {
-                Some(Route::FileWrite(tx)) => Some(tx.clone()),
-                _ => None,
-            };
-            if let Some(tx) = tx {
-                let _ = tx.send(d).await;
-            }
-        }
+        Message::Exec(req) => start_oneshot(req, seq, cx).await,
+        Message::ExecStart(req) => start_session(req, seq, cx).await,
+        Message::ExecStdin(d) => cx.streams.stdin(seq, d).await,
+        Message::ExecSignal(s) => cx.streams.signal(seq, s).await,
+        Message::WindowUpdate(w) => cx.streams.window_update(seq, w).await,
+        Message::FileData(d) => cx.streams.file_data(seq, d).await,
         Message::FileWrite(req) => {
-            let (tx, rx) = mpsc::channel(FILE_QUEUE);
-            if !routes.insert(seq, Route::FileWrite(tx)) {
-                return reply(writer, seq, duplicate(seq)).await;
+            let window = req.input_credit.then_some(cx.shared.input_window as u64);
+            let input = Input::new(window);
+            if !cx.routes.insert(seq, Route::FileWrite(input.clone())) {
+                return refuse_duplicate(seq, frame.kind, cx).await;
             }
             tokio::spawn(file_write::run_chunked(
                 req,
                 seq,
-                rx,
+                input,
                 writer.clone(),
-                routes.clone(),
+                cx.routes.clone(),
             ));
         }
         Message::WriteFile(req) => {
@@ -230,15 +168,15 @@ async fn dispatch(frame: Frame, writer: &Writer, routes: &Routes) {
                 req.window as u64
             };
             let credit = Credit::new(window);
-            if !routes.insert(seq, Route::FileRead(credit.clone())) {
-                return reply(writer, seq, duplicate(seq)).await;
+            if !cx.routes.insert(seq, Route::FileRead(credit.clone())) {
+                return refuse_duplicate(seq, frame.kind, cx).await;
             }
             tokio::spawn(file_read::run(
                 req,
                 seq,
                 credit,
                 writer.clone(),
-                routes.clone(),
+                cx.routes.clone(),
             ));
         }
         m @ (Message::Stat(_)
@@ -273,7 +211,7 @@ async fn dispatch(frame: Frame, writer: &Writer, routes: &Routes) {
                 let _ = writer.send(seq, &answer).await;
             });
         }
-        Message::Shutdown(s) => shutdown(s, seq, writer).await,
+        Message::Shutdown(s) => shutdown(s, seq, cx).await,
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)
@@ -291,23 +229,71 @@ async fn dispatch(frame: Frame, writer: &Writer, routes: &Routes) {
                 "{} is not a request the agent serves",
                 other.message_type().name()
             );
-            reply(writer, seq, error(pb::ErrorCode::InvalidArgument, msg, 0)).await;
+            let err = error(pb::ErrorCode::InvalidArgument, msg, 0);
+            cx.routes.refuse(writer, seq, frame.kind, err).await;
         }
     }
 }
 
-fn duplicate(seq: u32) -> Message {
-    error(
+/// A request that opens a stream reused the seq of one in flight.
+async fn refuse_duplicate(seq: u32, kind: u8, cx: &Cx) {
+    let err = error(
         pb::ErrorCode::DuplicateSeq,
         format!("seq {seq} is already in flight"),
         0,
-    )
+    );
+    cx.routes.refuse(&cx.writer, seq, kind, err).await;
 }
 
-async fn start_session(req: pb::ExecStart, seq: u32, writer: &Writer, routes: &Routes) {
-    if routes.contains(seq) {
-        return reply(writer, seq, duplicate(seq)).await;
+/// Lists a new exec session with the agent, unless it is shutting down
+/// (then the host is told, and `None`).
+async fn register(seq: u32, ctl: &Arc<Ctl>, cx: &Cx) -> Option<Registered> {
+    match cx.shared.sessions.register(ctl.clone()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let err = error(pb::ErrorCode::ShuttingDown, e.to_string(), 0);
+            reply(&cx.writer, seq, err).await;
+            None
+        }
     }
+}
+
+async fn start_oneshot(req: pb::Exec, seq: u32, cx: &Cx) {
+    if cx.routes.contains(seq) {
+        return refuse_duplicate(seq, hearth_proto::MessageType::Exec as u8, cx).await;
+    }
+    let ctl = Ctl::new();
+    let Some(registered) = register(seq, &ctl, cx).await else {
+        return;
+    };
+    cx.routes.insert(
+        seq,
+        Route::Exec {
+            ctl: ctl.clone(),
+            credit: Credit::new(u64::MAX),
+            pgid: 0,
+            stdin: None,
+        },
+    );
+    tokio::spawn(oneshot::run(
+        req,
+        seq,
+        ctl,
+        cx.writer.clone(),
+        cx.routes.clone(),
+        registered,
+    ));
+}
+
+async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
+    if cx.routes.contains(seq) {
+        return refuse_duplicate(seq, hearth_proto::MessageType::ExecStart as u8, cx).await;
+    }
+    let ctl = Ctl::new();
+    let Some(registered) = register(seq, &ctl, cx).await else {
+        return;
+    };
+    let writer = &cx.writer;
     let spawned = exec::prepare(
         &req.argv,
         &req.env,
@@ -338,42 +324,45 @@ async fn start_session(req: pb::ExecStart, seq: u32, writer: &Writer, routes: &R
         req.window as u64
     };
     let credit = Credit::new(window);
-    let (stdin_tx, stdin_rx) = if req.stdin_open {
-        let (tx, rx) = mpsc::channel(STDIN_QUEUE);
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
+    let input_window = req.input_credit.then_some(cx.shared.input_window as u64);
+    let stdin = req.stdin_open.then(|| Input::new(input_window));
     let pid = spawned.pid;
-    routes.insert(
+    cx.routes.insert(
         seq,
         Route::Exec {
+            ctl: ctl.clone(),
             credit: credit.clone(),
             pgid: pid,
-            stdin: stdin_tx,
+            stdin: stdin.clone(),
         },
     );
     let cap = |v: u64| if v == 0 { u64::MAX } else { v };
     let limits = Limits {
         max_stdout: cap(req.max_stdout_bytes),
         max_stderr: cap(req.max_stderr_bytes),
-        timeout: (req.timeout_ms > 0).then(|| std::time::Duration::from_millis(req.timeout_ms)),
+        timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
     };
     let chunk_max = chunk_max(writer.max_frame_len());
     let started = Message::ExecStarted(pb::ExecStarted { pid: pid as u32 });
     let writer = writer.clone();
-    let routes = routes.clone();
+    let routes = cx.routes.clone();
     tokio::spawn(async move {
+        let _registered = registered;
+        // Through `send`, so WINDOW_UPDATEs and reports (also `send`) and
+        // output (`send_data`) all follow it.
+        let gone = writer.send(seq, &started).await.is_err();
         let mut sink = Sink::Stream {
             writer: writer.clone(),
             seq,
-            gone: writer.send_data(seq, &started).await.is_err(),
+            gone,
         };
-        let stdin = req.stdin;
-        let summary = session::run(
-            spawned, stdin, stdin_rx, credit, limits, &mut sink, chunk_max,
-        )
-        .await;
+        let io = Io {
+            stdin: req.stdin,
+            more_stdin: stdin,
+            credit,
+            ctl,
+        };
+        let summary = session::run(spawned, io, limits, &mut sink, chunk_max).await;
         routes.remove(seq);
         tracing::debug!(seq, pid, outcome = ?summary.outcome, "exec session ended");
         let _ = writer.send_data(seq, &summary.exit_message()).await;
@@ -387,11 +376,19 @@ pub fn chunk_max(max_frame_len: u32) -> usize {
         .min(session::MAX_CHUNK)
 }
 
-async fn shutdown(req: pb::Shutdown, seq: u32, writer: &Writer) {
-    tracing::info!(reboot = req.reboot, "shutdown requested");
-    let _ = writer.send_data(seq, &Message::Ok(pb::Ok {})).await;
-    let _ = writer.flush().await;
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    std::process::exit(0);
+/// `SHUTDOWN`: answered by `OK`, then the agent ends its sessions and exits
+/// (see `agent::shut_down`). Rebooting is not something the guest can do.
+async fn shutdown(req: pb::Shutdown, seq: u32, cx: &Cx) {
+    if req.reboot {
+        let err = error(
+            pb::ErrorCode::Unsupported,
+            "reboot is not supported: the guest only powers off",
+            0,
+        );
+        return reply(&cx.writer, seq, err).await;
+    }
+    tracing::info!("shutdown requested");
+    let _ = cx.writer.send(seq, &Message::Ok(pb::Ok {})).await;
+    let _ = cx.writer.flush().await;
+    cx.shared.request_shutdown();
 }

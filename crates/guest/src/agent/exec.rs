@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use hearth_proto::pb;
 use hearth_proto::pb::SpawnErrorKind as Kind;
+use hearth_proto::{errno_text, os_error_text};
 
 use super::spawn;
 use super::user::{self, Identity};
@@ -134,7 +135,7 @@ pub fn prepare(
             return Err(never_started(
                 Kind::BadCwd,
                 e.raw_os_error().unwrap_or(0),
-                format!("cwd {cwd}: {e}"),
+                format!("cwd {cwd}: {}", os_error_text(&e)),
             ))
         }
     }
@@ -153,7 +154,7 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
         never_started(
             kind_for_errno(errno),
             errno,
-            format!("{}: {e}", spec.argv[0]),
+            format!("{}: {}", spec.argv[0], os_error_text(&e)),
         )
     };
     // SAFETY: geteuid has no preconditions.
@@ -181,7 +182,7 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
     let (err_r, err_w) = pipe().map_err(os)?;
     let started = Instant::now();
     let child = spawn::start(&mut plan, in_r, &out_w, &err_w).map_err(|e| {
-        let msg = io::Error::from_raw_os_error(e.errno);
+        let msg = errno_text(e.errno);
         match e.stage {
             spawn::Stage::Chdir => never_started(
                 Kind::BadCwd,
@@ -216,7 +217,7 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
         return Err(never_started(
             Kind::Other,
             e.raw_os_error().unwrap_or(0),
-            e.to_string(),
+            format!("preparing the child's pipes: {}", os_error_text(&e)),
         ));
     }
     Ok(Spawned {
@@ -356,5 +357,7 @@ mod tests {
             .err()
             .expect("spawn of a missing program must fail");
         assert_eq!((ns.kind, ns.errno), (Kind::NotFound as i32, libc::ENOENT));
+        // The number travels in `errno` only; the text says what failed.
+        assert_eq!(ns.message, "/nonexistent/prog: No such file or directory");
     }
 }

@@ -8,9 +8,10 @@ use bytes::Bytes;
 use hearth_proto::message::error;
 use hearth_proto::{pb, Message};
 
-use super::conn::{chunk_max, Routes};
+use super::conn::chunk_max;
+use super::credit::Credit;
 use super::files::io_error;
-use super::session::Credit;
+use super::routes::Routes;
 use super::writer::Writer;
 
 /// Default credit of a file read.
@@ -45,8 +46,12 @@ pub async fn run(req: pb::FileRead, seq: u32, credit: Arc<Credit>, writer: Write
     loop {
         credit.wait().await;
         if credit.is_closed() {
-            routes.remove(seq);
-            return;
+            // Refused by the reader (a bad frame for this seq): that is the
+            // answer. Otherwise the connection is gone.
+            match credit.take_abort() {
+                Some(reason) => return finish(&routes, seq, &writer, reason).await,
+                None => return routes.remove(seq),
+            }
         }
         let take = credit.available().min(chunk).min(remaining) as usize;
         let r = tokio::task::spawn_blocking(move || {

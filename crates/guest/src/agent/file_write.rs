@@ -1,7 +1,8 @@
 //! `FILE_WRITE` (chunked) and `WRITE_FILE` (one frame): both write a temporary
 //! file `.<name>.hearth-tmp-<random>` in the target directory, fsync it,
 //! rename it over the target and fsync the directory. On any failure the
-//! temporary file is removed.
+//! temporary file is removed. Chunks come through an [`Input`] queue; with
+//! input credit each written chunk's credit goes back in a `WINDOW_UPDATE`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -9,12 +10,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use hearth_proto::message::error;
 use hearth_proto::{pb, Message};
-use tokio::sync::mpsc;
 
-use super::conn::Routes;
 use super::files::io_error;
+use super::input::{Consumer, Input, Next};
+use super::routes::Routes;
 use super::writer::Writer;
 
 /// Why a write failed; turned into an `ERROR` frame.
@@ -207,44 +210,90 @@ pub async fn run_whole(req: pb::WriteFile, seq: u32, writer: Writer) {
     .await;
     let msg = match r {
         Ok(r) => answer(r),
-        Err(e) => error(
-            pb::ErrorCode::Internal,
-            format!("write task failed: {e}"),
-            0,
-        ),
+        Err(e) => task_failed(e),
     };
     let _ = writer.send(seq, &msg).await;
 }
 
-/// `FILE_WRITE`: chunks arrive on `rx` until one has `eof`.
+/// `FILE_WRITE`: chunks arrive through `input` until one has `eof`.
 pub async fn run_chunked(
     req: pb::FileWrite,
     seq: u32,
-    mut rx: mpsc::Receiver<pb::FileData>,
+    input: Arc<Input>,
     writer: Writer,
     routes: Routes,
 ) {
-    let r = tokio::task::spawn_blocking(move || {
-        let mut t = TempFile::create(&req.path, req.mode, req.create_parents, req.size)?;
-        while let Some(chunk) = rx.blocking_recv() {
-            t.write(&chunk.data)?;
-            if chunk.eof {
-                return t.commit();
-            }
-        }
-        Err(WriteError::Incomplete { path: req.path })
+    let input = Consumer::new(input);
+    let msg = write_chunks(req, seq, &input, &writer).await;
+    // Later FILE_DATA for this seq is dropped from here on.
+    drop(input);
+    routes.remove(seq);
+    let _ = writer.send(seq, &msg).await;
+}
+
+async fn write_chunks(req: pb::FileWrite, seq: u32, input: &Consumer, writer: &Writer) -> Message {
+    let path = req.path.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        TempFile::create(&req.path, req.mode, req.create_parents, req.size)
     })
     .await;
-    routes.remove(seq);
-    let msg = match r {
-        Ok(r) => answer(r),
-        Err(e) => error(
-            pb::ErrorCode::Internal,
-            format!("write task failed: {e}"),
-            0,
-        ),
+    let mut file = match created {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return answer(Err(e)),
+        Err(e) => return task_failed(e),
     };
-    let _ = writer.send(seq, &msg).await;
+    loop {
+        let data = match input.next().await {
+            Next::Data(d) => d,
+            Next::Eof => {
+                return match tokio::task::spawn_blocking(move || file.commit()).await {
+                    Ok(r) => answer(r),
+                    Err(e) => task_failed(e),
+                }
+            }
+            Next::HungUp => {
+                drop_blocking(file).await;
+                return answer(Err(WriteError::Incomplete { path }));
+            }
+            Next::Aborted(reason) => {
+                drop_blocking(file).await;
+                tracing::debug!(seq, path = %path, "chunked write aborted");
+                return reason;
+            }
+        };
+        let n = data.len();
+        let wrote = tokio::task::spawn_blocking(move || {
+            let r = file.write(&data);
+            (file, r)
+        })
+        .await;
+        match wrote {
+            Ok((f, Ok(()))) => file = f,
+            Ok((f, Err(e))) => {
+                drop_blocking(f).await;
+                return answer(Err(e));
+            }
+            Err(e) => return task_failed(e),
+        }
+        if let Some(bytes) = input.consumed(n) {
+            let m = Message::WindowUpdate(pb::WindowUpdate { bytes });
+            // `send` keeps order with the terminal answer, also `send`.
+            let _ = writer.send(seq, &m).await;
+        }
+    }
+}
+
+/// Drops a temporary file (removing it) off the async threads.
+async fn drop_blocking(file: TempFile) {
+    let _ = tokio::task::spawn_blocking(move || drop(file)).await;
+}
+
+fn task_failed(e: tokio::task::JoinError) -> Message {
+    error(
+        pb::ErrorCode::Internal,
+        format!("write task failed: {e}"),
+        0,
+    )
 }
 
 #[cfg(test)]

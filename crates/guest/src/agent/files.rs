@@ -7,7 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use hearth_proto::message::error;
-use hearth_proto::{pb, Message};
+use hearth_proto::{os_error_text, pb, Message};
 use prost::Message as _;
 
 /// Wire code for an errno.
@@ -22,7 +22,8 @@ pub fn code_for_errno(errno: i32) -> pb::ErrorCode {
 }
 
 /// `ERROR` for a failed file operation: code and errno from `e`, and a
-/// message naming the operation and the path.
+/// message naming the operation, the path and the OS text (not the number,
+/// which is the `errno` field).
 pub fn io_error(op: &str, path: &str, e: &io::Error) -> Message {
     let errno = e.raw_os_error().unwrap_or(0);
     let code = if errno == 0 {
@@ -30,7 +31,7 @@ pub fn io_error(op: &str, path: &str, e: &io::Error) -> Message {
     } else {
         code_for_errno(errno)
     };
-    error(code, format!("{op} {path}: {e}"), errno)
+    error(code, format!("{op} {path}: {}", os_error_text(e)), errno)
 }
 
 /// Runs one of the simple file requests and returns its answer.
@@ -204,7 +205,7 @@ mod tests {
             (e.code, e.errno),
             (pb::ErrorCode::NotFound as i32, libc::ENOENT)
         );
-        assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
+        assert_eq!(e.message, "stat /nonexistent/x: No such file or directory");
     }
 
     fn tmpdir(tag: &str) -> std::path::PathBuf {

@@ -1,39 +1,63 @@
 //! The agent role: serves the hearth wire protocol (docs/protocol.md).
 //!
-//! - [`conn`]: one connection — reader, request dispatch, session routing.
+//! - [`listen`]: the Unix socket, which appears only once it listens.
+//! - [`conn`]: one connection — reader, request dispatch; [`routes`]: the
+//!   requests in flight and where stream frames for them go.
 //! - [`writer`]: the connection's single writer task (bounded queues, pongs first).
 //!   [`splice`]: output chunks moved pipe → socket with `splice(2)`.
 //! - [`exec`]: preparing a child (user, env, cwd, pipes) and decoding its
 //!   outcome; [`spawn`] starts it (vfork-style clone: setsid, signals, oom
-//!   score, credentials, exec); [`session`] runs it (streaming with credit,
-//!   timeout, drain) with output frames built in place by [`outbuf`] (or
-//!   spliced);
+//!   score, credentials, exec); [`session`] runs it (streaming with
+//!   [`credit`], timeout, drain) with output frames built in place by
+//!   [`outbuf`] (or spliced), stdin fed by [`stdin`] from an [`input`] queue;
 //!   [`oneshot`] is the collected `EXEC` variant.
+//! - [`lifecycle`]: ending sessions (connection closed, shutdown, broken
+//!   input) and the agent-wide list of them.
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
+//!
+//! On SIGTERM, SIGINT (init forwards both) or `SHUTDOWN` the agent stops
+//! accepting, sends TERM to every session's process group, KILLs what is left
+//! after [`SHUTDOWN_GRACE`], and exits 0.
 
 mod conn;
 #[cfg(test)]
 mod conn_tests;
+mod credit;
 mod exec;
 mod file_read;
 mod file_write;
 mod files;
+mod input;
+mod lifecycle;
+mod listen;
 mod oneshot;
 mod outbuf;
+mod routes;
 mod session;
 mod spawn;
 mod splice;
+mod stdin;
 mod sysinfo;
 mod user;
 mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hearth_proto::{capability_bit, pb, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION, VERSION};
+use hearth_proto::{
+    capability_bit, pb, DEFAULT_INPUT_WINDOW, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION, VERSION,
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use lifecycle::Sessions;
+
+/// Grace between TERM and KILL for every session when the agent shuts down.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Smallest `--max-frame-len` that still leaves room for useful chunks.
 const MIN_MAX_FRAME_LEN: u32 = 64 * 1024;
@@ -104,11 +128,35 @@ impl Config {
     }
 }
 
-/// What every connection announces in `READY`, plus settings shared by all.
-#[derive(Debug)]
+/// What every connection announces in `READY`, plus state shared by all.
 pub struct Shared {
     pub ready: pb::Ready,
     pub max_frame_len: u32,
+    /// Input credit granted per stream that asks for it.
+    pub input_window: u32,
+    pub sessions: Arc<Sessions>,
+    shutdown: Notify,
+}
+
+impl Shared {
+    pub fn new(ready: pb::Ready) -> Arc<Shared> {
+        let input_window = match ready.input_window {
+            0 => DEFAULT_INPUT_WINDOW,
+            w => w,
+        };
+        Arc::new(Shared {
+            max_frame_len: ready.max_frame_len,
+            input_window,
+            ready,
+            sessions: Arc::new(Sessions::default()),
+            shutdown: Notify::new(),
+        })
+    }
+
+    /// Asks the agent to shut down (a `SHUTDOWN` request).
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
 }
 
 /// Boot timings handed over by init in `HEARTH_BOOT_*` variables.
@@ -174,6 +222,7 @@ fn all_capabilities() -> u64 {
         C::SystemInfo,
         C::Shutdown,
         C::FlowControl,
+        C::InputFlowControl,
     ]
     .into_iter()
     .map(capability_bit)
@@ -219,52 +268,36 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::Result<()> {
+    // Before the socket exists, so a TERM right after it appears is handled.
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let make_shared = || {
         let now = boottime_us();
-        Arc::new(Shared {
-            ready: pb::Ready {
-                protocol_version: PROTOCOL_VERSION,
-                agent_version: VERSION.to_string(),
-                capabilities: all_capabilities(),
-                boot: Some(pb::BootTimings {
-                    kernel_to_init_us: boot.kernel_to_init_us,
-                    init_to_agent_us: boot.init_start_us.map_or(0, |s| now.saturating_sub(s)),
-                    modules_us: boot.modules_us,
-                    rootfs_us: boot.rootfs_us,
-                }),
-                max_frame_len: config.max_frame_len,
-                role: role.clone().unwrap_or_else(|| "agent".to_string()),
-            },
+        Shared::new(pb::Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: VERSION.to_string(),
+            capabilities: all_capabilities(),
+            boot: Some(pb::BootTimings {
+                kernel_to_init_us: boot.kernel_to_init_us,
+                init_to_agent_us: boot.init_start_us.map_or(0, |s| now.saturating_sub(s)),
+                modules_us: boot.modules_us,
+                rootfs_us: boot.rootfs_us,
+            }),
             max_frame_len: config.max_frame_len,
+            role: role.clone().unwrap_or_else(|| "agent".to_string()),
+            input_window: DEFAULT_INPUT_WINDOW,
         })
     };
-    match &config.listen {
+    let mut listener = match &config.listen {
         Listen::Unix(path) => {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing stale {}", path.display()))
-                }
-            }
-            let listener = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("binding unix socket {}", path.display()))?;
-            let shared = make_shared();
+            let bound = listen::bind(path)?;
             tracing::info!(path = %path.display(), "agent listening");
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(conn::serve(stream, shared.clone()));
-                    }
-                    Err(e) => accept_failed(e).await,
-                }
-            }
+            Listener::Unix(bound)
         }
         Listen::Vsock(port) => {
             let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
-            let mut listener = tokio_vsock::VsockListener::bind(addr)
+            let listener = tokio_vsock::VsockListener::bind(addr)
                 .with_context(|| format!("binding vsock port {port}"))?;
-            let shared = make_shared();
             tracing::info!(port, "agent listening on vsock");
             // A plain console line the host's boot watchdog waits for before its
             // first CONNECT (hearth_vmm::guest_contract::AGENT_READY_MARKER).
@@ -273,15 +306,64 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
                 let line = format!("hearth-agent: listening on vsock port {port}\n");
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(conn::serve(stream, shared.clone()));
-                    }
-                    Err(e) => accept_failed(e).await,
-                }
-            }
+            Listener::Vsock(listener)
         }
+    };
+    let shared = make_shared();
+    let reason = loop {
+        tokio::select! {
+            _ = listener.accept(&shared) => {}
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = shared.shutdown.notified() => break "a SHUTDOWN request",
+        }
+    };
+    if let Listener::Unix(bound) = &listener {
+        bound.remove();
+    }
+    drop(listener);
+    shut_down(&shared, reason).await;
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::process::exit(0);
+}
+
+enum Listener {
+    Unix(listen::Bound),
+    Vsock(tokio_vsock::VsockListener),
+}
+
+impl Listener {
+    /// Accepts one connection and starts serving it.
+    async fn accept(&mut self, shared: &Arc<Shared>) {
+        match self {
+            Listener::Unix(b) => match b.listener.accept().await {
+                Ok((stream, _)) => drop(tokio::spawn(conn::serve(stream, shared.clone()))),
+                Err(e) => accept_failed(e).await,
+            },
+            Listener::Vsock(l) => match l.accept().await {
+                Ok((stream, _)) => drop(tokio::spawn(conn::serve(stream, shared.clone()))),
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    }
+}
+
+/// Ends every session (TERM, [`SHUTDOWN_GRACE`], KILL) and waits for them,
+/// bounded, so their `EXEC_EXIT`s can still reach the host.
+async fn shut_down(shared: &Shared, reason: &str) {
+    let live = shared.sessions.shut_down(SHUTDOWN_GRACE);
+    tracing::info!(reason, sessions = live, "shutting down");
+    let bound = SHUTDOWN_GRACE + Duration::from_secs(2);
+    if tokio::time::timeout(bound, shared.sessions.all_ended())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still running after {bound:?}; exiting anyway");
+    }
+    if live > 0 {
+        // Let the connection writers put the last frames on the wire.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -328,6 +410,6 @@ mod tests {
 
     #[test]
     fn capabilities_cover_every_value() {
-        assert_eq!(all_capabilities(), 0b11_1111);
+        assert_eq!(all_capabilities(), 0b111_1111);
     }
 }

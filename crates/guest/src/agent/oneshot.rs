@@ -1,9 +1,13 @@
 //! `EXEC`: a session whose output is collected into one `EXEC_RESULT`.
 
+use std::sync::Arc;
+
 use hearth_proto::{pb, Message};
 
 use super::exec;
-use super::session::{self, Credit, Limits, Sink};
+use super::lifecycle::{Ctl, Registered};
+use super::routes::Routes;
+use super::session::{self, Credit, Io, Limits, Sink};
 use super::writer::Writer;
 
 /// Default cap per stream for one-shot execs.
@@ -27,12 +31,22 @@ pub fn clamp_caps(stdout: u64, stderr: u64, max_frame_len: u32) -> (u64, u64) {
     }
 }
 
-pub async fn run(req: pb::Exec, seq: u32, writer: Writer) {
-    let result = execute(req, writer.max_frame_len()).await;
+/// Runs the one-shot exec listed as `seq` in `routes` and answers it.
+pub async fn run(
+    req: pb::Exec,
+    seq: u32,
+    ctl: Arc<Ctl>,
+    writer: Writer,
+    routes: Routes,
+    registered: Registered,
+) {
+    let result = execute(req, writer.max_frame_len(), ctl).await;
+    routes.remove(seq);
     let _ = writer.send(seq, &Message::ExecResult(result)).await;
+    drop(registered);
 }
 
-async fn execute(req: pb::Exec, max_frame_len: u32) -> pb::ExecResult {
+async fn execute(req: pb::Exec, max_frame_len: u32, ctl: Arc<Ctl>) -> pb::ExecResult {
     let never = |ns: pb::NeverStarted| pb::ExecResult {
         outcome: Some(pb::ExecOutcome {
             kind: Some(pb::exec_outcome::Kind::NeverStarted(ns)),
@@ -64,16 +78,13 @@ async fn execute(req: pb::Exec, max_frame_len: u32) -> pb::ExecResult {
         stdout: Vec::new(),
         stderr: Vec::new(),
     };
-    let summary = session::run(
-        spawned,
-        req.stdin,
-        None,
-        Credit::new(u64::MAX),
-        limits,
-        &mut sink,
-        session::MAX_CHUNK,
-    )
-    .await;
+    let io = Io {
+        stdin: req.stdin,
+        more_stdin: None,
+        credit: Credit::new(u64::MAX),
+        ctl,
+    };
+    let summary = session::run(spawned, io, limits, &mut sink, session::MAX_CHUNK).await;
     let (stdout, stderr) = match sink {
         Sink::Collect { stdout, stderr } => (stdout, stderr),
         Sink::Stream { .. } => (Vec::new(), Vec::new()),

@@ -1,23 +1,24 @@
 //! Running a spawned child to its end: output with flow control, stdin,
-//! timeout, drain, outcome. Shared by streaming (`EXEC_START`) and one-shot
-//! (`EXEC`) execs; they differ only in the [`Sink`].
+//! timeout, being ended from outside (connection closed, agent shutdown,
+//! broken input), drain, outcome. Shared by streaming (`EXEC_START`) and
+//! one-shot (`EXEC`) execs; they differ only in the [`Sink`].
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hearth_proto::{pb, Message, MessageType};
 use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+pub use super::credit::Credit;
 use super::exec::{decode_status, signal_group, Spawned, Termination};
+use super::input::Input;
+use super::lifecycle::Ctl;
 use super::writer::Writer;
-use super::{outbuf, spawn, splice};
+use super::{outbuf, spawn, splice, stdin};
 
 /// Grace between SIGTERM and SIGKILL on timeout.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -25,64 +26,6 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 const DRAIN: Duration = Duration::from_millis(200);
 /// Largest output chunk.
 pub const MAX_CHUNK: usize = 256 * 1024;
-
-/// Flow-control credit granted by the host (`WINDOW_UPDATE`).
-#[derive(Debug)]
-pub struct Credit {
-    avail: AtomicU64,
-    notify: Notify,
-    /// Set when the connection is gone: output is drained and dropped.
-    closed: AtomicBool,
-}
-
-impl Credit {
-    pub fn new(initial: u64) -> Arc<Self> {
-        Arc::new(Self {
-            avail: AtomicU64::new(initial),
-            notify: Notify::new(),
-            closed: AtomicBool::new(false),
-        })
-    }
-
-    pub fn add(&self, bytes: u64) {
-        let _ = self
-            .avail
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_add(bytes))
-            });
-        self.notify.notify_one();
-    }
-
-    /// The connection ended: nobody will grant credit or read output again.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub fn available(&self) -> u64 {
-        self.avail.load(Ordering::Acquire)
-    }
-
-    /// Subtracts what was sent; only the one consumer calls this.
-    pub fn take(&self, bytes: u64) {
-        let _ = self
-            .avail
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_sub(bytes))
-            });
-    }
-
-    /// Waits until some credit is available or the connection is gone.
-    pub async fn wait(&self) {
-        while self.available() == 0 && !self.is_closed() {
-            self.notify.notified().await;
-        }
-    }
-}
 
 /// Where output goes.
 pub enum Sink {
@@ -95,6 +38,17 @@ pub enum Sink {
     },
     /// Collected for an `EXEC_RESULT`.
     Collect { stdout: Vec<u8>, stderr: Vec<u8> },
+}
+
+/// What a session exchanges besides output: stdin, credit, control.
+pub struct Io {
+    /// Written to stdin first (`stdin` of the request).
+    pub stdin: Bytes,
+    /// `EXEC_STDIN` data that follows, when stdin stays open.
+    pub more_stdin: Option<Arc<Input>>,
+    /// Output credit granted by the host.
+    pub credit: Arc<Credit>,
+    pub ctl: Arc<Ctl>,
 }
 
 /// Output caps (`u64::MAX` = unlimited) and timeout.
@@ -173,40 +127,6 @@ impl Stream {
     }
 }
 
-/// Writes the initial stdin, then forwards `EXEC_STDIN` frames until eof.
-fn spawn_stdin(
-    stdin: Option<OwnedFd>,
-    initial: Bytes,
-    more: Option<mpsc::Receiver<pb::StdinData>>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let fd = stdin?;
-    if initial.is_empty() && more.is_none() {
-        // Nothing to write: closing our end gives the child end of file.
-        return None;
-    }
-    let mut w = match tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::debug!(error = %e, "registering the child's stdin failed");
-            return None;
-        }
-    };
-    Some(tokio::spawn(async move {
-        if !initial.is_empty() && w.write_all(&initial).await.is_err() {
-            return;
-        }
-        let Some(mut rx) = more else { return };
-        while let Some(d) = rx.recv().await {
-            if !d.data.is_empty() && w.write_all(&d.data).await.is_err() {
-                return;
-            }
-            if d.eof {
-                return;
-            }
-        }
-    }))
-}
-
 /// Waits until the child behind `pidfd` has exited, then reaps it.
 async fn wait_exit(pidfd: &AsyncFd<OwnedFd>, pid: i32) -> std::io::Result<ExitStatus> {
     loop {
@@ -223,7 +143,7 @@ fn never_registered(e: &std::io::Error, what: &str) -> Summary {
         outcome: pb::exec_outcome::Kind::NeverStarted(super::exec::never_started(
             pb::SpawnErrorKind::Other,
             e.raw_os_error().unwrap_or(0),
-            format!("registering {what}: {e}"),
+            format!("registering {what}: {}", hearth_proto::os_error_text(e)),
         )),
         stdout_bytes: 0,
         stderr_bytes: 0,
@@ -236,13 +156,17 @@ fn never_registered(e: &std::io::Error, what: &str) -> Summary {
 /// Runs the child to its end and returns the summary for the terminal frame.
 pub async fn run(
     sp: Spawned,
-    initial_stdin: Bytes,
-    stdin_rx: Option<mpsc::Receiver<pb::StdinData>>,
-    credit: Arc<Credit>,
+    io: Io,
     limits: Limits,
     sink: &mut Sink,
     chunk_max: usize,
 ) -> Summary {
+    let Io {
+        stdin: initial_stdin,
+        more_stdin,
+        credit,
+        ctl,
+    } = io;
     let Spawned {
         pid,
         pidfd,
@@ -275,7 +199,11 @@ pub async fn run(
             return never_registered(&e, "the child's descriptors");
         }
     };
-    let stdin_task = spawn_stdin(stdin, initial_stdin, stdin_rx);
+    let credit_to = match sink {
+        Sink::Stream { writer, seq, .. } => Some((writer.clone(), *seq)),
+        Sink::Collect { .. } => None,
+    };
+    let stdin_task = stdin::spawn(stdin, initial_stdin, more_stdin, credit_to);
     let mut pool = outbuf::Pool::new(chunk_max, credit.available());
     let mut scratch: Vec<u8> = Vec::new();
     let far = started + Duration::from_secs(86400 * 365);
@@ -283,6 +211,8 @@ pub async fn run(
     let mut kill_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut timed_out: Option<i32> = None;
+    // Ended from outside: the group is KILLed once the leader is gone.
+    let mut ending = false;
     let mut status: Option<Termination> = None;
     let wait = wait_exit(&pidfd, pid);
     tokio::pin!(wait);
@@ -313,7 +243,7 @@ pub async fn run(
             g = s1.fd.readable(), if r1 && take1 > 0 => {
                 read_ready(g, s1, take1, sink, &mut pool, &mut scratch).map(|r| (1, r))
             }
-            _ = credit.notify.notified(), if want_credit => None,
+            _ = credit.notified(), if want_credit => None,
             st = &mut wait, if status.is_none() => {
                 let t = match st {
                     Ok(st) => decode_status(st),
@@ -323,8 +253,9 @@ pub async fn run(
                     }
                 };
                 status = Some(t);
-                if timed_out.is_some() {
-                    // A timeout ends the whole group, grandchildren included.
+                if timed_out.is_some() || ending {
+                    // A timeout or an ended session ends the whole group,
+                    // grandchildren included.
                     signal_group(pid, libc::SIGKILL);
                 }
                 drain_until = Some(Instant::now() + DRAIN);
@@ -340,8 +271,38 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
                 signal_group(pid, libc::SIGKILL);
-                timed_out = Some(libc::SIGKILL);
+                if timed_out.is_some() {
+                    timed_out = Some(libc::SIGKILL);
+                }
                 kill_at = None;
+                None
+            }
+            _ = ctl.woken() => {
+                let orders = ctl.take();
+                for report in &orders.reports {
+                    if let Sink::Stream { writer, seq, gone } = sink {
+                        if !*gone && writer.send(*seq, report).await.is_err() {
+                            *gone = true;
+                        }
+                    }
+                }
+                if orders.kill {
+                    signal_group(pid, libc::SIGKILL);
+                    ending = true;
+                    term_at = None;
+                    kill_at = None;
+                }
+                if let (Some(grace), false) = (orders.end, ending) {
+                    ending = true;
+                    if status.is_none() {
+                        tracing::debug!(pid, "ending the session: SIGTERM to the group");
+                        signal_group(pid, libc::SIGTERM);
+                        term_at = None;
+                        kill_at = Some(Instant::now() + grace);
+                    } else {
+                        signal_group(pid, libc::SIGKILL);
+                    }
+                }
                 None
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
@@ -363,7 +324,9 @@ pub async fn run(
         }
     }
     if let Some(t) = stdin_task {
+        // Wait for it to stop, so no WINDOW_UPDATE of it follows EXEC_EXIT.
         t.abort();
+        let _ = t.await;
     }
     let term = status.unwrap_or(Termination::Exited(-1));
     let outcome = match timed_out {

@@ -8,8 +8,13 @@
 //!
 //! The socket sits behind a lock that the writer task holds for a whole batch.
 //! [`Writer::send`] (pongs, results, errors) writes straight from the caller
-//! when the lock is free and the socket takes the frame at once, saving the
-//! hop to the writer task; otherwise it queues on `prio`.
+//! when the lock is free, no earlier `send` is still queued, and the socket
+//! takes the frame at once, saving the hop to the writer task; otherwise it
+//! queues on `prio`.
+//!
+//! Ordering: frames given to `send` go out in the order of the calls, and
+//! before any frame given to `send_data` after them. (A `send` may overtake
+//! `send_data` frames queued before it.)
 //!
 //! An output chunk may also come as a header plus a pipe to splice from
 //! ([`Writer::send_splice`]): the writer writes what was queued before it,
@@ -20,7 +25,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -75,6 +80,9 @@ pub struct Writer {
     max_frame_len: u32,
     /// The socket takes spliced output (cleared for good on EINVAL/ENOSYS).
     splice_ok: Arc<AtomicBool>,
+    /// Frames given to `send` and queued on `prio` but not yet written: while
+    /// any is, `send` queues too, so sends keep their order.
+    prio_pending: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -86,11 +94,15 @@ impl Writer {
         let (data, data_rx) = mpsc::channel(DATA_QUEUE);
         let (prio, prio_rx) = mpsc::channel(PRIO_QUEUE);
         let splice_ok = Arc::new(AtomicBool::new(sink.can_splice()));
+        let prio_pending = Arc::new(AtomicUsize::new(0));
         let sink: Sink = Arc::new(tokio::sync::Mutex::new(Box::new(sink)));
         tokio::spawn(run(
             sink.clone(),
-            data_rx,
-            prio_rx,
+            Queues {
+                data: data_rx,
+                prio: prio_rx,
+                prio_pending: prio_pending.clone(),
+            },
             max_frame_len,
             splice_ok.clone(),
         ));
@@ -100,6 +112,7 @@ impl Writer {
             sink,
             max_frame_len,
             splice_ok,
+            prio_pending,
         }
     }
 
@@ -150,7 +163,11 @@ impl Writer {
     /// it now, else queued on the priority queue.
     pub async fn send(&self, seq: u32, msg: &Message) -> Result<(), Closed> {
         let frame = self.frame(seq, msg);
-        if let Ok(mut sink) = self.sink.clone().try_lock_owned() {
+        // Under the socket lock a zero count means no earlier `send` is queued
+        // or in a batch still being written (the writer counts down only
+        // after writing), so writing now keeps the order.
+        let locked = self.sink.clone().try_lock_owned().ok();
+        if let Some(mut sink) = locked.filter(|_| self.prio_pending.load(Ordering::Acquire) == 0) {
             let mut wire = BytesMut::with_capacity(frame.wire_len() + 4);
             if frame.encode(&mut wire, self.max_frame_len).is_ok() {
                 // One poll, without a waker: the writer task registers its own
@@ -176,7 +193,11 @@ impl Writer {
                 }
             }
         }
-        self.prio.send(Out::Frame(frame)).await.map_err(|_| Closed)
+        self.prio_pending.fetch_add(1, Ordering::AcqRel);
+        self.prio.send(Out::Frame(frame)).await.map_err(|_| {
+            self.prio_pending.fetch_sub(1, Ordering::AcqRel);
+            Closed
+        })
     }
 
     /// Waits until everything queued before this call has been written.
@@ -211,13 +232,19 @@ impl Writer {
     }
 }
 
-async fn run(
-    sink: Sink,
-    mut data_rx: mpsc::Receiver<Out>,
-    mut prio_rx: mpsc::Receiver<Out>,
-    max_frame_len: u32,
-    splice_flag: Arc<AtomicBool>,
-) {
+/// The writer task's ends of the queues.
+struct Queues {
+    data: mpsc::Receiver<Out>,
+    prio: mpsc::Receiver<Out>,
+    prio_pending: Arc<AtomicUsize>,
+}
+
+async fn run(sink: Sink, queues: Queues, max_frame_len: u32, splice_flag: Arc<AtomicBool>) {
+    let Queues {
+        data: mut data_rx,
+        prio: mut prio_rx,
+        prio_pending,
+    } = queues;
     // Small frames are encoded into `small`; a batch is the list of buffers
     // written with one `writev` (or a few, if the socket takes less).
     let mut small = BytesMut::new();
@@ -228,9 +255,13 @@ async fn run(
     let mut closing = false;
     let mut splice_ok = splice_flag.load(Ordering::Relaxed);
     while (prio_open || data_open) && !closing {
+        let mut from_prio = 0usize;
         let first = tokio::select! {
             biased;
-            m = prio_rx.recv(), if prio_open => m.or_else(|| { prio_open = false; None }),
+            m = prio_rx.recv(), if prio_open => match m {
+                Some(m) => { from_prio += 1; Some(m) }
+                None => { prio_open = false; None }
+            },
             m = data_rx.recv(), if data_open => m.or_else(|| { data_open = false; None }),
         };
         let Some(first) = first else { continue };
@@ -278,7 +309,13 @@ async fn run(
             if batched >= BATCH_BYTES || parts.len() >= MAX_IOV - 1 {
                 break;
             }
-            next = prio_rx.try_recv().ok().or_else(|| data_rx.try_recv().ok());
+            next = match prio_rx.try_recv() {
+                Ok(m) => {
+                    from_prio += 1;
+                    Some(m)
+                }
+                Err(_) => data_rx.try_recv().ok(),
+            };
         }
         if !small.is_empty() {
             parts.push_back(small.split().freeze());
@@ -306,6 +343,9 @@ async fn run(
                 tracing::debug!(error = %e, "connection flush failed");
                 return;
             }
+            // Still under the lock: a `send` that sees zero after this finds
+            // these frames written.
+            prio_pending.fetch_sub(from_prio, Ordering::AcqRel);
         }
         // Do not keep a large batch buffer around on an idle connection.
         if small.capacity() > BATCH_BYTES * 2 {
