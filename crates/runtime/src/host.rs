@@ -38,6 +38,24 @@ pub fn parse_meminfo_total(text: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Refuses one sandbox larger than the whole host (checked before any work).
+pub fn check_shape(host: HostCapacity, policy: &Admission, cpus: u32, mem_mib: u32) -> Result<()> {
+    let usable_mib = host.mem_mib.saturating_sub(policy.reserve_mib);
+    if u64::from(mem_mib) > usable_mib {
+        return Err(Error::Admission(format!(
+            "memory {mem_mib} MiB does not fit on this host: it has {} MiB, of which {usable_mib} MiB can go to sandboxes",
+            host.mem_mib
+        )));
+    }
+    if cpus > host.cpus {
+        return Err(Error::Admission(format!(
+            "{cpus} vCPUs is more than this host's {} CPUs",
+            host.cpus
+        )));
+    }
+    Ok(())
+}
+
 /// Accepts `new` if the host holds it beside the active sandboxes in `others`.
 pub fn admit(
     host: HostCapacity,
@@ -45,19 +63,8 @@ pub fn admit(
     others: &[VmRecord],
     new: &VmRecord,
 ) -> Result<()> {
+    check_shape(host, policy, new.cpus, new.mem_mib)?;
     let usable_mib = host.mem_mib.saturating_sub(policy.reserve_mib);
-    if u64::from(new.mem_mib) > usable_mib {
-        return Err(Error::Admission(format!(
-            "memory {} MiB does not fit on this host: it has {} MiB, of which {} MiB can go to sandboxes",
-            new.mem_mib, host.mem_mib, usable_mib
-        )));
-    }
-    if new.cpus > host.cpus {
-        return Err(Error::Admission(format!(
-            "{} vCPUs is more than this host's {} CPUs",
-            new.cpus, host.cpus
-        )));
-    }
     let active: Vec<&VmRecord> = others
         .iter()
         .filter(|r| r.status.is_active() && r.id != new.id)

@@ -175,6 +175,7 @@ impl Runtime {
     ) -> Result<Sandbox> {
         let lang = spec.validate()?;
         let cfg = self.config().clone();
+        crate::host::check_shape(self.host(), &cfg.admission, spec.cpus, spec.mem_mib)?;
         let root: Option<RootImage> = match (&spec.image, lang) {
             (Some(p), _) => Some(rootfs::user_image(p)?),
             (None, Some(l)) => {
