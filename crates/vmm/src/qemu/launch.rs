@@ -5,6 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::jail::PreparedJail;
 use crate::error::VmmError;
 use crate::process::ProcessId;
 
@@ -80,12 +81,74 @@ pub fn spawn_detached(
             Ok(())
         });
     }
+    spawn(cmd, &program.display().to_string())
+}
+
+/// Starts the program of `jail` inside it (see [`super::jail`]): its own session,
+/// mount namespace, root and uid, an empty environment, stdin from /dev/null and
+/// stdout+stderr to `log` (opened read-write by the caller with
+/// [`super::jail::VmDir::open_log`]; `log_path` is for messages). When the jail
+/// cannot be entered, the error names the failed step, read back from `log`.
+pub fn spawn_jailed(
+    jail: PreparedJail,
+    argv: &[OsString],
+    log: std::fs::File,
+    log_path: &Path,
+) -> Result<(std::process::Child, ProcessId), VmmError> {
+    let program = jail.program().display().to_string();
+    let dup = |f: &std::fs::File| {
+        f.try_clone()
+            .map_err(|e| VmmError::io("cannot open log file", log_path, e))
+    };
+    let err = dup(&log)?;
+    let mut reader = dup(&log)?;
+    let mut cmd = Command::new(jail.program());
+    cmd.args(argv)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    // SAFETY: `enter` makes only syscalls on buffers prepared before fork; it is
+    // meant for exactly this place, a forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || jail.enter());
+    }
+    spawn(cmd, &program).map_err(|e| match e {
+        VmmError::Spawn { program, source } => {
+            match super::jail::failed_step(&read_tail(&mut reader)) {
+                Some(step) => VmmError::JailSetup {
+                    program,
+                    step,
+                    source,
+                },
+                None => VmmError::Spawn { program, source },
+            }
+        }
+        other => other,
+    })
+}
+
+/// The last 4 KiB of an open log (lossy).
+fn read_tail(f: &mut std::fs::File) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(4096))).is_err()
+        || f.read_to_end(&mut buf).is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn spawn(mut cmd: Command, program: &str) -> Result<(std::process::Child, ProcessId), VmmError> {
     let child = cmd.spawn().map_err(|source| VmmError::Spawn {
-        program: program.display().to_string(),
+        program: program.to_string(),
         source,
     })?;
+    drop(cmd);
     let id = ProcessId::of_child(child.id()).ok_or_else(|| VmmError::Spawn {
-        program: program.display().to_string(),
+        program: program.to_string(),
         source: std::io::Error::other("exited before its start time could be read"),
     })?;
     Ok((child, id))

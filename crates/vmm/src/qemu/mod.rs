@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cmdline;
+pub mod jail;
 pub mod kvm;
 pub mod launch;
 
@@ -154,8 +155,16 @@ impl QemuFactory {
     }
 
     /// Boots a VM; on any failure everything started here is killed again.
+    ///
+    /// With `cfg.vmm_uid` set (root only) QEMU and vhost-device-vsock run jailed
+    /// as that uid (see [`jail`]): the VM directory and writable disks are handed
+    /// to the uid first and both argvs name in-jail paths, while the host-side
+    /// paths (`<dir>/vsock.sock`, the logs) stay where they are.
     pub async fn boot(&self, cfg: &SandboxConfig) -> Result<(VmHandle, Client), VmmError> {
         cfg.validate()?;
+        if let Some(uid) = cfg.vmm_uid {
+            jail::check_uid(uid)?;
+        }
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| VmmError::io("cannot create vm directory", dir, e))?;
@@ -165,19 +174,43 @@ impl QemuFactory {
         let vhost_sock = dir.join(files::VHOST_SOCK);
         let vsock_sock = dir.join(files::VSOCK_SOCK);
         let vhost_log = dir.join(files::VHOST_LOG);
-        let (mut vchild, vhost) = launch::spawn_detached(
-            &self.vhost,
-            &cmdline::vhost_argv(&vhost_sock, &vsock_sock),
-            &vhost_log,
-        )?;
-        write_pid(&dir.join(files::VHOST_PID), vhost);
+        let qemu_log = dir.join(files::QEMU_LOG);
+        let disks = drives(cfg);
+        let jail = match cfg.vmm_uid {
+            Some(uid) => Some(jail::VmJail::prepare(cfg, &disks, self.accel, uid)?),
+            None => None,
+        };
+        // The jailed uid owns the directory: read and write its files without
+        // following what it may have planted there.
+        let tail = |path: &Path, lines: usize| match &jail {
+            Some(j) => j.dir().tail(path, lines),
+            None => tail_lines(path, lines),
+        };
+        let pid_file = |name: &str, id: ProcessId| match &jail {
+            Some(j) => j.dir().write_pid(&dir.join(name), id),
+            None => write_pid(&dir.join(name), id),
+        };
+
+        let (mut vchild, vhost) = match &jail {
+            None => launch::spawn_detached(
+                &self.vhost,
+                &cmdline::vhost_argv(&vhost_sock, &vsock_sock),
+                &vhost_log,
+            )?,
+            Some(j) => {
+                let argv = cmdline::vhost_argv(&j.vm_path(&vhost_sock)?, &j.vm_path(&vsock_sock)?);
+                let log = j.dir().open_log(&vhost_log, j.uid())?;
+                launch::spawn_jailed(j.vhost(&self.vhost)?, &argv, log, &vhost_log)?
+            }
+        };
+        pid_file(files::VHOST_PID, vhost);
         let deadline = Instant::now() + VHOST_SOCKET_WAIT;
         while !vhost_sock.exists() {
             let exited = matches!(vchild.try_wait(), Ok(Some(_)));
             if exited || Instant::now() >= deadline {
                 vhost.terminate(Duration::from_millis(500)).await;
                 let _ = vchild.try_wait();
-                let log = tail_lines(&vhost_log, 10);
+                let log = tail(&vhost_log, 10);
                 return Err(VmmError::VhostTimeout {
                     socket: vhost_sock,
                     secs: VHOST_SOCKET_WAIT.as_secs(),
@@ -202,19 +235,24 @@ impl QemuFactory {
             cmdline_extra: guest_cmdline(cfg),
             console_log: dir.join(files::CONSOLE_LOG),
             vhost_socket: Some(vhost_sock),
-            drives: drives(cfg),
+            drives: disks,
             user_net: cfg.network == Network::AllowAll,
         };
-        let qemu_log = dir.join(files::QEMU_LOG);
-        let (mut qchild, qemu) =
-            match launch::spawn_detached(&self.qemu, &cmdline::qemu_argv(&args), &qemu_log) {
-                Ok(x) => x,
-                Err(e) => {
-                    vhost.terminate(Duration::from_secs(1)).await;
-                    return Err(e);
-                }
-            };
-        write_pid(&dir.join(files::QEMU_PID), qemu);
+        let spawned = match &jail {
+            None => launch::spawn_detached(&self.qemu, &cmdline::qemu_argv(&args), &qemu_log),
+            Some(j) => j.qemu(&self.qemu, &args).and_then(|(prepared, inside)| {
+                let log = j.dir().open_log(&qemu_log, j.uid())?;
+                launch::spawn_jailed(prepared, &cmdline::qemu_argv(&inside), log, &qemu_log)
+            }),
+        };
+        let (mut qchild, qemu) = match spawned {
+            Ok(x) => x,
+            Err(e) => {
+                vhost.terminate(Duration::from_secs(1)).await;
+                return Err(e);
+            }
+        };
+        pid_file(files::QEMU_PID, qemu);
         let handle = VmHandle {
             id: cfg.id.clone(),
             dir: dir.clone(),
@@ -222,7 +260,14 @@ impl QemuFactory {
             qemu,
             vhost,
         };
-        tracing::info!(id = %cfg.id, accel = %self.accel, qemu = qemu.pid, vhost = vhost.pid, "vm started");
+        tracing::info!(
+            id = %cfg.id,
+            accel = %self.accel,
+            qemu = qemu.pid,
+            vhost = vhost.pid,
+            vmm_uid = cfg.vmm_uid,
+            "vm started"
+        );
 
         let deadline = tokio::time::Instant::now() + cfg.boot_timeout;
         let endpoint = handle.endpoint();
@@ -255,7 +300,7 @@ impl QemuFactory {
                 r = &mut connect => break r,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if matches!(qchild.try_wait(), Ok(Some(_))) || !qemu.is_alive() {
-                        let qlog = tail_lines(&qemu_log, 5);
+                        let qlog = tail(&qemu_log, 5);
                         break Err(if qlog.is_empty() {
                             "qemu exited during boot".to_string()
                         } else {
@@ -274,7 +319,7 @@ impl QemuFactory {
                     id: cfg.id.clone(),
                     reason,
                     console_path: handle.console_log().display().to_string(),
-                    console: tail_lines(&handle.console_log(), CONSOLE_TAIL_LINES),
+                    console: tail(&handle.console_log(), CONSOLE_TAIL_LINES),
                 })
             }
         }
