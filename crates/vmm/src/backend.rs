@@ -1,6 +1,6 @@
 //! The backend trait the runtime drives: boot a sandbox, tell whether it still
 //! runs, reach its agent, stop it. QEMU implements it today
-//! ([`crate::qemu::QemuBackend`]); another VMM fits by implementing it and
+//! ([`crate::QemuBackend`]); another VMM fits by implementing it and
 //! choosing its own [`BackendHandle`] contents, without touching the runtime.
 
 use std::path::Path;
