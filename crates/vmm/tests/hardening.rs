@@ -270,6 +270,35 @@ async fn jailed_process_runs_as_its_uid_and_sees_only_its_jail() {
     let _ = child.wait();
 }
 
+/// A step that fails in the child is named in the error, from the log.
+#[tokio::test]
+async fn jail_setup_failure_names_the_failed_step() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let vm = tmp.path().join("vms").join("broken");
+    std::fs::create_dir_all(&vm).unwrap();
+    let dir = VmDir::own(&vm, SHELL_UID).unwrap();
+    let mut spec = JailSpec::new(SHELL_UID);
+    spec.bind_rw(dir.source(), "/vm");
+    spec.program(Path::new("/bin/sh")).unwrap();
+    // The mount point is gone by the time the child mounts its root there.
+    let prepared = spec
+        .prepare(&tmp.path().join("no-such-mountpoint"))
+        .unwrap();
+    let log_path = vm.join("sh.log");
+    let log = dir.open_log(&log_path, SHELL_UID).unwrap();
+    match spawn_jailed(prepared, &["-c".into(), "true".into()], log, &log_path) {
+        Err(hearth_vmm::VmmError::JailSetup { step, .. }) => {
+            assert_eq!(step, "mount the tmpfs root")
+        }
+        Err(e) => panic!("wrong error: {e:#?}"),
+        Ok((mut child, _)) => {
+            let _ = child.kill();
+            panic!("the jail was entered without its root");
+        }
+    }
+}
+
 struct Disks {
     root: RootDisks,
     persist: PathBuf,
