@@ -312,7 +312,7 @@ fn make_disks(state: &Path, vm_dir: &Path) -> Disks {
     let tree = state.join("lower-tree");
     std::fs::create_dir_all(tree.join("bin")).unwrap();
     std::fs::copy(busybox(), tree.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "echo", "ls", "id"] {
+    for applet in ["sh", "cat", "echo", "ls", "id", "wget"] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
     std::fs::write(tree.join("marker"), b"from the lower disk\n").unwrap();
@@ -562,6 +562,52 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_and_sees_only_its_files() {
         Vec::<u32>::new(),
         "processes of uid {VMM_UID} remain"
     );
+}
+
+/// With user networking QEMU keeps the host's network (slirp runs inside it),
+/// vhost-device-vsock still has none, and the guest reaches the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jailed_vm_with_user_network_keeps_the_host_network_for_qemu_only() {
+    const UID: u32 = VMM_UID + 10;
+    let host = host().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vms/net-vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disks = make_disks(tmp.path(), &dir);
+    let mut cfg = config("net-vm", &dir, &host.kernel, &host.initrd, Some(UID));
+    cfg.root = Some(disks.root);
+    cfg.network = Network::AllowAll;
+    // The guest's gateway 10.0.2.2 is the host's loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).await;
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfrom host")
+            .await
+            .unwrap();
+    });
+    let (handle, client) = host
+        .factory
+        .boot(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("jailed boot with user networking failed: {e}"));
+    assert_runs_as(handle.qemu.pid, UID, "qemu");
+    assert!(
+        !own_namespace(handle.qemu.pid, "net"),
+        "qemu lost the host network"
+    );
+    assert!(
+        own_namespace(handle.vhost.pid, "net"),
+        "vhost-device-vsock has the host network"
+    );
+    let (code, out, err) = exec(&client, &format!("wget -q -O - http://10.0.2.2:{port}/")).await;
+    assert_eq!((code, out.as_str()), (0, "from host"), "stderr: {err}");
+    server.await.unwrap();
+    drop(client);
+    stop_and_check_gone(&handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
