@@ -281,6 +281,14 @@ pub fn build_cached_with(
         &spec.kernel_release,
         &inputs,
     )?;
+    // World-readable like the language images: a jailed VMM (another uid) reads
+    // it through a bind mount, and the cache directory keeps others out.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io(tmp.path()))?;
+    }
     tmp.as_file().sync_all().map_err(io(tmp.path()))?;
     let size = tmp.as_file().metadata().map_err(io(tmp.path()))?.len();
     tmp.persist(&path).map_err(|e| ImageError::Io {
