@@ -25,6 +25,7 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
     let sb = rt.create(&spec, &p).await.expect("create");
     let id = sb.id().to_string();
     assert_eq!(sb.status(), VmStatus::Running);
+    assert_jailed(&rt, sb.record());
 
     // By name, from a fresh handle.
     let sb = rt.get("lib-web").await.unwrap();
@@ -112,6 +113,31 @@ async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
     assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
     assert!(e.to_string().contains("is failed"), "{e}");
     rt.remove(&rec.id, false, &p).await.unwrap();
+}
+
+/// As root, the VMM runs as the sandbox's own uid under seccomp; the state is
+/// private to root.
+fn assert_jailed(rt: &hearth_runtime::Runtime, rec: &hearth_runtime::VmRecord) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(nix::unistd::geteuid().is_root(), "the runtime tier runs as root (the VMM jail needs it)");
+    let uid = rec.vmm_uid.expect("a root runtime gives each vm its own uid");
+    assert_ne!(uid, 0);
+    for (role, pid) in rt.backend().processes(rec.backend.as_ref().unwrap()) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(uids.split_whitespace().skip(1).all(|u| u == uid.to_string()), "{role}: {uids}");
+        if role == "qemu" {
+            assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{role} is not under seccomp");
+        }
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&rt.config().state_dir), 0o700);
+    assert_eq!(mode(&rt.config().db_path()), 0o600);
+    assert_eq!(mode(&rec.dir), 0o700);
+    assert_eq!(std::fs::metadata(&rec.dir).unwrap().uid(), uid);
+    for e in std::fs::read_dir(&rec.dir).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+    }
 }
 
 /// Cancels the create when the boot step begins.

@@ -316,6 +316,23 @@ impl Runtime {
             .map_err(|e| Error::Internal(format!("initramfs task: {e}")))?
     }
 
+    /// Cached language images and initramfs files.
+    pub fn list_images(&self) -> Result<(Vec<hearth_image::rootfs::ImageInfo>, Vec<(PathBuf, u64)>)> {
+        let cache = self.config().image_cache();
+        Ok((rootfs::list(cache)?, crate::images::initramfs::list(cache)))
+    }
+
+    /// Removes the language images `selector` names; refuses images that
+    /// sandboxes still use unless `force`.
+    pub async fn remove_image(
+        &self,
+        selector: &hearth_image::rootfs::ImageSelector,
+        force: bool,
+    ) -> Result<Vec<hearth_image::rootfs::ImageInfo>> {
+        let records = self.reconcile().await?;
+        rootfs::remove(self.config().image_cache(), selector, &records, force)
+    }
+
     /// Builds or finds a language image.
     pub async fn ensure_language_image(
         &self,

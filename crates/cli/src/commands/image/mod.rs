@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use hearth_image::rootfs::{ImageInfo, ImageSelector};
-use hearth_runtime::images::{initramfs, rootfs};
 use hearth_runtime::Runtime;
 
 use crate::progress::StderrProgress;
@@ -141,9 +140,7 @@ async fn build(rt: &Runtime, a: BuildArgs) -> anyhow::Result<i32> {
 }
 
 fn list(rt: &Runtime, a: ListArgs) -> anyhow::Result<i32> {
-    let cache = rt.config().image_cache();
-    let langs = rootfs::list(cache)?;
-    let initrds = initramfs::list(cache);
+    let (langs, initrds) = rt.list_images()?;
     if a.json {
         let mut v: Vec<_> = langs.iter().map(info_json).collect();
         v.extend(
@@ -188,8 +185,7 @@ async fn rm(rt: &Runtime, a: RmArgs) -> anyhow::Result<i32> {
         .what
         .parse()
         .map_err(|e| anyhow::anyhow!("{e}; or give at least 4 hex digits of an image hash"))?;
-    let records = rt.list(&hearth_runtime::ListFilter::default()).await?;
-    let removed = rootfs::remove(rt.config().image_cache(), &sel, &records, a.force)?;
+    let removed = rt.remove_image(&sel, a.force).await?;
     for i in removed {
         println!("{} {}", i.language, i.recipe_hash);
     }
