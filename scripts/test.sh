@@ -2,7 +2,8 @@
 # Sets up a fresh Debian machine and runs every test tier:
 #   1. unit (codec, parsers, state) and property tests
 #   2. agent tier: the real guest binary as a process + the real client over Unix sockets
-#   3. VM tier: real microVMs under QEMU, driven through the CLI and the client
+#   3. runtime tier: the lifecycle through hearth-runtime alone, real microVMs
+#   4. VM tier: real microVMs under QEMU, driven through the CLI and the client
 # plus the fuzz targets: they must build, and each gets a short run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,12 @@ bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 export HEARTH_GUEST_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/hearth-guest"
 
-echo "==> tests: unit, agent and VM tiers" >&2
+echo "==> tests: unit, agent, runtime and VM tiers" >&2
 cargo test --workspace --no-fail-fast
+
+echo "==> the embedding example: a python sandbox through hearth-runtime" >&2
+cargo run -q --release -p hearth-runtime --example python_sandbox -- \
+    --guest "$HEARTH_GUEST_BIN" --image-cache "${HEARTH_IMAGE_CACHE:-/var/tmp/hearth-test-images}"
 
 echo "==> fuzz targets: build and a short run each" >&2
 if ! command -v cargo-fuzz >/dev/null; then

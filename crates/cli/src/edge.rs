@@ -26,7 +26,9 @@ fn var(name: &str) -> Option<String> {
 }
 
 fn var_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn parse_var<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
@@ -34,7 +36,10 @@ where
     T::Err: std::fmt::Display,
 {
     var(name)
-        .map(|v| v.parse::<T>().map_err(|e| anyhow::anyhow!("bad {name}={v:?}: {e}")))
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| anyhow::anyhow!("bad {name}={v:?}: {e}"))
+        })
         .transpose()
 }
 
@@ -54,7 +59,9 @@ fn guest_binary() -> Option<PathBuf> {
         return Some(p);
     }
     let exe = std::env::current_exe().ok()?;
-    paths::guest_candidates(&exe).into_iter().find(|c| c.is_file())
+    paths::guest_candidates(&exe)
+        .into_iter()
+        .find(|c| c.is_file())
 }
 
 /// Builds the runtime configuration.

@@ -94,7 +94,9 @@ pub async fn stream(
 ) -> hearth_runtime::Result<Streamed> {
     let t0 = Instant::now();
     let ctl = s.control();
-    let stdin_task = opts.forward_stdin.then(|| tokio::spawn(forward_stdin(ctl.clone())));
+    let stdin_task = opts
+        .forward_stdin
+        .then(|| tokio::spawn(forward_stdin(ctl.clone())));
     let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
     let mut ints = 0;
     let result = loop {
@@ -112,7 +114,9 @@ pub async fn stream(
         };
         match ev {
             Err(e) => break Err(e),
-            Ok(Some(StreamEvent::Started { pid })) => tracing::debug!(pid, "remote command started"),
+            Ok(Some(StreamEvent::Started { pid })) => {
+                tracing::debug!(pid, "remote command started")
+            }
             Ok(Some(StreamEvent::Stdout(d))) if opts.collect => out_buf.extend_from_slice(&d),
             Ok(Some(StreamEvent::Stderr(d))) if opts.collect => err_buf.extend_from_slice(&d),
             Ok(Some(StreamEvent::Stdout(d))) => {
@@ -155,7 +159,11 @@ async fn forward_stdin(ctl: ExecControl) {
         match stdin.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
-                if ctl.write_stdin(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                if ctl
+                    .write_stdin(Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -177,7 +185,12 @@ pub fn report(program: &str, outcome: &Outcome) -> i32 {
 }
 
 /// The `--json` result object of one run.
-pub fn exec_json(exit: &ExecExit, wall: Duration, stdout: &[u8], stderr: &[u8]) -> serde_json::Value {
+pub fn exec_json(
+    exit: &ExecExit,
+    wall: Duration,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> serde_json::Value {
     let mut v = json!({
         "exit_code": exit.outcome.exit_code(),
         "outcome": exit.outcome.kind(),
@@ -189,9 +202,16 @@ pub fn exec_json(exit: &ExecExit, wall: Duration, stdout: &[u8], stderr: &[u8]) 
     });
     let extra = match &exit.outcome {
         Outcome::Exited(c) => json!({ "code": c }),
-        Outcome::Killed { signal, core_dumped } => json!({ "signal": signal, "core_dumped": core_dumped }),
+        Outcome::Killed {
+            signal,
+            core_dumped,
+        } => json!({ "signal": signal, "core_dumped": core_dumped }),
         Outcome::TimedOut { signal } => json!({ "signal": signal }),
-        Outcome::NeverStarted { kind, errno, message } => {
+        Outcome::NeverStarted {
+            kind,
+            errno,
+            message,
+        } => {
             json!({ "spawn_error": kind, "errno": errno, "message": message })
         }
         Outcome::Unknown => json!({}),
@@ -215,11 +235,21 @@ pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -239,7 +269,13 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

@@ -38,7 +38,10 @@ fn wait_sh(env: &Env, id: &str, cmd: &str, want: &str, timeout: Duration) {
         if got.trim() == want {
             return;
         }
-        assert!(t0.elapsed() < timeout, "{cmd:?} printed {got:?}, expected {want:?}");
+        assert!(
+            t0.elapsed() < timeout,
+            "{cmd:?} printed {got:?}, expected {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -48,10 +51,22 @@ fn a_vm_name_works_wherever_a_vm_is_named() {
     let _g = vm_lock();
     let env = Env::new();
     let id = env.create(&["--name", "box"]);
-    assert_eq!(env.ok(&["vm", "exec", "--vm", "box", "--cmd", "echo hi"]), "hi\n");
+    assert_eq!(
+        env.ok(&["vm", "exec", "--vm", "box", "--cmd", "echo hi"]),
+        "hi\n"
+    );
     let file = env.state().join("in.txt");
     std::fs::write(&file, "data\n").unwrap();
-    let out = env.ok(&["vm", "run", "--vm", "box", "--file", file.to_str().unwrap(), "--cmd", "cat in.txt"]);
+    let out = env.ok(&[
+        "vm",
+        "run",
+        "--vm",
+        "box",
+        "--file",
+        file.to_str().unwrap(),
+        "--cmd",
+        "cat in.txt",
+    ]);
     assert_eq!(out, "data\n");
     let back = env.state().join("back.txt");
     env.ok(&["cp", "box:/in/in.txt", back.to_str().unwrap()]);
@@ -61,7 +76,10 @@ fn a_vm_name_works_wherever_a_vm_is_named() {
     assert_eq!(env.ok(&["vm", "stop", "--vm", "box"]).trim(), id);
     assert_eq!(env.status(&id), "stopped");
     assert_eq!(env.ok(&["vm", "start", "--vm", "box"]).trim(), id);
-    assert_eq!(env.ok(&["vm", "exec", "--vm", "box", "--cmd", "echo again"]), "again\n");
+    assert_eq!(
+        env.ok(&["vm", "exec", "--vm", "box", "--cmd", "echo again"]),
+        "again\n"
+    );
     assert_eq!(env.ok(&["vm", "clean", "--vm", "box"]).trim(), id);
     let err = env.fails(&["vm", "exec", "--vm", "box", "--cmd", "true"]);
     assert!(err.contains("no such vm: box"), "{err}");
@@ -79,8 +97,19 @@ fn ctrl_c_and_term_reach_the_remote_command_not_just_the_cli() {
             _ => vec!["vm", "run", "--vm", &id, "--cmd", cmd],
         };
         env.sh(&id, "rm -f /tmp/pid");
-        let mut child = env.cmd(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        wait_sh(&env, &id, "test -s /tmp/pid && echo started || echo waiting", "started", Duration::from_secs(30));
+        let mut child = env
+            .cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_sh(
+            &env,
+            &id,
+            "test -s /tmp/pid && echo started || echo waiting",
+            "started",
+            Duration::from_secs(30),
+        );
         signal(&child, sig);
         let code = wait_exit(&mut child, Duration::from_secs(30));
         assert_eq!(code, Some(128 + sig), "vm {how} after signal {sig}");
@@ -108,21 +137,36 @@ fn run_removes_its_vm_when_signalled_during_the_boot_or_the_command() {
     let mut out = child.stdout.take().unwrap();
     let mut buf = [0u8; 8];
     use std::io::Read;
-    out.read_exact(&mut buf).expect("the command's first output");
+    out.read_exact(&mut buf)
+        .expect("the command's first output");
     assert_eq!(&buf, b"started\n");
     signal(&child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), Some(128 + libc::SIGTERM));
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(60)),
+        Some(128 + libc::SIGTERM)
+    );
     assert!(env.list().is_empty(), "run left {:?}", env.list());
 
     // During the boot: the boot is cancelled and everything it made removed.
-    let mut child = env.cmd(&["run", "--", "true"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .cmd(&["run", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !env.list().iter().any(|r| r["status"] == "creating") {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no creating record appeared");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no creating record appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     signal(&child, libc::SIGINT);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), Some(128 + libc::SIGINT));
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(60)),
+        Some(128 + libc::SIGINT)
+    );
     assert!(env.list().is_empty(), "run left {:?}", env.list());
     let left: Vec<_> = std::fs::read_dir(env.state().join("vms"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -136,7 +180,10 @@ fn the_host_cannot_be_asked_for_more_than_it_has() {
     let o = env.run(&["vm", "create", "--mem", "100000"]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("100000 MiB does not fit") && e.contains("it has"), "{e}");
+    assert!(
+        e.contains("100000 MiB does not fit") && e.contains("it has"),
+        "{e}"
+    );
     let o = env.run(&["vm", "create", "--cpu", "64"]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);

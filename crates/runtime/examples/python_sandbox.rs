@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hearth_runtime::{CreateSpec, ExecSpec, Progress, Runtime, RuntimeConfig, SharedProgress, Step};
+use hearth_runtime::{
+    CreateSpec, ExecSpec, Progress, Runtime, RuntimeConfig, SharedProgress, Step,
+};
 
 /// Prints each long step on stderr.
 struct Print;
@@ -65,9 +67,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     println!("python {}", out.exit.outcome);
 
-    let local = std::env::temp_dir().join(format!("hearth-example-result-{}.json", std::process::id()));
+    let local =
+        std::env::temp_dir().join(format!("hearth-example-result-{}.json", std::process::id()));
     sandbox.copy_out("/out/result.json", &local).await?;
-    println!("copied /out/result.json: {}", std::fs::read_to_string(&local)?);
+    println!(
+        "copied /out/result.json: {}",
+        std::fs::read_to_string(&local)?
+    );
     std::fs::remove_file(&local)?;
 
     rt.remove(sandbox.id(), false, &progress).await?;

@@ -62,7 +62,10 @@ impl Agent {
         &self.label
     }
 
-    fn err(&self, what: impl std::fmt::Display) -> impl FnOnce(hearth_client::ClientError) -> Error + '_ {
+    fn err(
+        &self,
+        what: impl std::fmt::Display,
+    ) -> impl FnOnce(hearth_client::ClientError) -> Error + '_ {
         let context = format!("{}: {what}", self.label);
         move |e| Error::agent(context, e)
     }
@@ -126,7 +129,12 @@ impl Agent {
     }
 
     /// Writes a guest file from `r` (atomically: temp name, fsync, rename).
-    pub async fn write_file<R: AsyncRead + Unpin>(&self, path: &str, r: &mut R, mode: u32) -> Result<u64> {
+    pub async fn write_file<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        r: &mut R,
+        mode: u32,
+    ) -> Result<u64> {
         self.client
             .write_file(path, r, mode, false)
             .await

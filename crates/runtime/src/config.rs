@@ -108,11 +108,12 @@ impl RuntimeConfig {
 
     /// The boot deadline for an accelerator.
     pub fn boot_timeout_for(&self, accel: &str) -> Duration {
-        self.boot_timeout.unwrap_or(if accel == Accel::Kvm.as_str() {
-            Duration::from_secs(15)
-        } else {
-            Duration::from_secs(60)
-        })
+        self.boot_timeout
+            .unwrap_or(if accel == Accel::Kvm.as_str() {
+                Duration::from_secs(15)
+            } else {
+                Duration::from_secs(60)
+            })
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -54,7 +54,12 @@ impl ExecSpec {
         if self.argv.first().is_none_or(|a| a.is_empty()) {
             return Err(Error::InvalidSpec("exec needs a program to run".into()));
         }
-        if let Some(k) = self.env.iter().map(|(k, _)| k).find(|k| k.is_empty() || k.contains('=')) {
+        if let Some(k) = self
+            .env
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| k.is_empty() || k.contains('='))
+        {
             return Err(Error::InvalidSpec(format!(
                 "environment variable name {k:?} is empty or contains '='"
             )));
@@ -83,9 +88,18 @@ impl ExecSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Exited(i32),
-    Killed { signal: i32, core_dumped: bool },
-    TimedOut { signal: i32 },
-    NeverStarted { kind: String, errno: i32, message: String },
+    Killed {
+        signal: i32,
+        core_dumped: bool,
+    },
+    TimedOut {
+        signal: i32,
+    },
+    NeverStarted {
+        kind: String,
+        errno: i32,
+        message: String,
+    },
     /// The agent sent no outcome.
     Unknown,
 }
@@ -144,13 +158,20 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Exited(c) => write!(f, "exited with code {c}"),
-            Outcome::Killed { signal, core_dumped } => write!(
+            Outcome::Killed {
+                signal,
+                core_dumped,
+            } => write!(
                 f,
                 "killed by signal {signal}{}",
                 if *core_dumped { " (core dumped)" } else { "" }
             ),
             Outcome::TimedOut { signal } => write!(f, "timed out (ended by signal {signal})"),
-            Outcome::NeverStarted { kind, errno, message } => {
+            Outcome::NeverStarted {
+                kind,
+                errno,
+                message,
+            } => {
                 write!(f, "never started: {kind}, errno {errno}")?;
                 if message.is_empty() {
                     write!(f, " ({})", hearth_client::errno_text(*errno))

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 
 fn check_abs(path: &str) -> Result<()> {
     if !path.starts_with('/') {
-        return Err(Error::InvalidSpec(format!("guest path {path:?} must be absolute")));
+        return Err(Error::InvalidSpec(format!(
+            "guest path {path:?} must be absolute"
+        )));
     }
     Ok(())
 }
@@ -21,7 +23,9 @@ fn check_abs(path: &str) -> Result<()> {
 pub fn base_name(path: &str) -> Result<String> {
     let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
     if name.is_empty() || name == "." || name == ".." {
-        return Err(Error::InvalidSpec(format!("cannot tell a file name from {path:?}")));
+        return Err(Error::InvalidSpec(format!(
+            "cannot tell a file name from {path:?}"
+        )));
     }
     Ok(name.to_string())
 }
@@ -66,12 +70,17 @@ impl Agent {
         check_abs(remote)?;
         let info = self.stat(remote).await?;
         let mut dest = local.to_path_buf();
-        if tokio::fs::metadata(local).await.map(|m| m.is_dir()).unwrap_or(false) {
+        if tokio::fs::metadata(local)
+            .await
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
             dest = local.join(base_name(remote)?);
         }
         let mut skipped = Vec::new();
         let n = if info.kind == pb::FileKind::Dir as i32 {
-            self.download_dir(remote, &dest, info.mode, &mut skipped).await?
+            self.download_dir(remote, &dest, info.mode, &mut skipped)
+                .await?
         } else {
             self.download_file(remote, &dest, info.mode).await?
         };
@@ -124,16 +133,25 @@ impl Agent {
             .await
             .map_err(|e| Error::io("cannot create", dest, e))?;
         let n = self.read_file_to(src, &mut f).await?;
-        f.sync_all().await.map_err(|e| Error::io("cannot write", dest, e))?;
+        f.sync_all()
+            .await
+            .map_err(|e| Error::io("cannot write", dest, e))?;
         tokio::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o7777))
             .await
             .map_err(|e| Error::io("cannot set the mode of", dest, e))?;
         Ok(n)
     }
 
-    async fn download_dir(&self, src: &str, dest: &Path, mode: u32, skipped: &mut Skipped) -> Result<u64> {
+    async fn download_dir(
+        &self,
+        src: &str,
+        dest: &Path,
+        mode: u32,
+        skipped: &mut Skipped,
+    ) -> Result<u64> {
         let mut total = 0;
-        let mut stack: Vec<(String, PathBuf, u32)> = vec![(src.to_string(), dest.to_path_buf(), mode)];
+        let mut stack: Vec<(String, PathBuf, u32)> =
+            vec![(src.to_string(), dest.to_path_buf(), mode)];
         // Directory modes are applied last so a read-only directory can be filled.
         let mut dir_modes = Vec::new();
         while let Some((rdir, ldir, mode)) = stack.pop() {

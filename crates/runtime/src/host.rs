@@ -17,9 +17,8 @@ impl HostCapacity {
     pub fn probe() -> Result<Self> {
         let text = std::fs::read_to_string("/proc/meminfo")
             .map_err(|e| Error::io("cannot read", "/proc/meminfo", e))?;
-        let mem_kib = parse_meminfo_total(&text).ok_or_else(|| {
-            Error::Internal("no MemTotal line in /proc/meminfo".into())
-        })?;
+        let mem_kib = parse_meminfo_total(&text)
+            .ok_or_else(|| Error::Internal("no MemTotal line in /proc/meminfo".into()))?;
         let cpus = std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1);
@@ -99,8 +98,7 @@ pub fn admit(
 /// The lowest uid of the range not held by any record (stopped ones keep
 /// their files, owned by their uid).
 pub fn allocate_uid(base: u32, count: u32, others: &[VmRecord]) -> Result<u32> {
-    let used: std::collections::HashSet<u32> =
-        others.iter().filter_map(|r| r.vmm_uid).collect();
+    let used: std::collections::HashSet<u32> = others.iter().filter_map(|r| r.vmm_uid).collect();
     (0..count)
         .map(|i| base.saturating_add(i))
         .find(|u| !used.contains(u))
@@ -157,7 +155,9 @@ mod tests {
         big.mem_mib = 20_000;
         let mut new = rec("n", VmStatus::Creating);
         new.mem_mib = 5_000;
-        let e = admit(HOST, &p, &[big.clone()], &new).unwrap_err().to_string();
+        let e = admit(HOST, &p, &[big.clone()], &new)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("20000 MiB") && e.contains("overcommit 1"), "{e}");
         big.status = VmStatus::Stopped;
         admit(HOST, &p, &[big], &new).unwrap();

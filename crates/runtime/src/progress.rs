@@ -14,7 +14,11 @@ pub enum Step {
     /// A line of the image builder's output.
     BuildOutput { language: String, line: String },
     /// An image build finished (`secs`, image size in bytes).
-    ImageBuilt { language: String, secs: f64, size: u64 },
+    ImageBuilt {
+        language: String,
+        secs: f64,
+        size: u64,
+    },
     /// Making the sandbox's disks.
     MakeDisks { id: String },
     /// Booting the sandbox (`accel`: tcg, kvm).
@@ -27,9 +31,15 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::PrepareInitramfs => write!(f, "preparing the guest image"),
-            Step::BuildImage { language, phase } => write!(f, "building the {language} image: {phase}"),
+            Step::BuildImage { language, phase } => {
+                write!(f, "building the {language} image: {phase}")
+            }
             Step::BuildOutput { language, line } => write!(f, "{language} image: {line}"),
-            Step::ImageBuilt { language, secs, size } => write!(
+            Step::ImageBuilt {
+                language,
+                secs,
+                size,
+            } => write!(
                 f,
                 "built the {language} image in {secs:.1} s ({} MiB)",
                 size >> 20

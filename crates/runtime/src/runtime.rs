@@ -34,7 +34,10 @@ impl ListFilter {
 
     pub fn matches(&self, r: &VmRecord) -> bool {
         (self.status.is_empty() || self.status.contains(&r.status))
-            && self.name.as_ref().is_none_or(|n| r.name.as_ref() == Some(n))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| r.name.as_ref() == Some(n))
     }
 }
 
@@ -71,7 +74,8 @@ impl Runtime {
     /// the DB, and migrates an older DB schema.
     pub async fn with_backend(config: RuntimeConfig, backend: Arc<dyn Backend>) -> Result<Self> {
         let dir = config.state_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create the state dir", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("cannot create the state dir", &dir, e))?;
         if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot make the state dir 0700");
         }
@@ -120,18 +124,21 @@ impl Runtime {
         let mut kills = Vec::new();
         for rec in records {
             let health = match (&rec.status, &rec.backend) {
-                (VmStatus::Running, Some(h)) => Some(self.backend().health(h).unwrap_or_else(|e| {
-                    Health::Broken {
+                (VmStatus::Running, Some(h)) => {
+                    Some(self.backend().health(h).unwrap_or_else(|e| Health::Broken {
                         reason: e.to_string(),
-                    }
-                })),
+                    }))
+                }
                 _ => None,
             };
             match judge(&rec, health.as_ref(), &|p| p.is_alive()) {
                 Some(v) => {
                     tracing::info!(sandbox_id = %rec.id, from = %rec.status, to = %v.record.status,
                         note = v.record.note.as_deref().unwrap_or(""), "reconciled");
-                    kills.push((v.kill.then(|| rec.backend.clone()).flatten(), v.kill_leftovers.then(|| rec.dir.clone())));
+                    kills.push((
+                        v.kill.then(|| rec.backend.clone()).flatten(),
+                        v.kill_leftovers.then(|| rec.dir.clone()),
+                    ));
                     out.push(v.record.clone());
                     changes.push((rec, v.record));
                 }

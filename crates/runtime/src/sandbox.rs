@@ -24,7 +24,9 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox").field("id", &self.record.id).finish()
+        f.debug_struct("Sandbox")
+            .field("id", &self.record.id)
+            .finish()
     }
 }
 
@@ -83,7 +85,11 @@ impl Sandbox {
                     .await
                     .map_err(Error::from);
                 match client {
-                    Ok(c) => Ok(Agent::new(c, format!("vm {}", self.record.id), self.record.env.clone())),
+                    Ok(c) => Ok(Agent::new(
+                        c,
+                        format!("vm {}", self.record.id),
+                        self.record.env.clone(),
+                    )),
                     Err(e) => Err(self.explain(e).await),
                 }
             })
@@ -93,7 +99,9 @@ impl Sandbox {
     /// Turns a failure while talking to the sandbox into [`Error::Died`] when
     /// the sandbox itself is gone (and records that).
     pub async fn explain(&self, e: Error) -> Error {
-        let Some(handle) = &self.record.backend else { return e };
+        let Some(handle) = &self.record.backend else {
+            return e;
+        };
         // The VMM may take a moment to exit after its guest went away.
         for _ in 0..4 {
             match self.rt.backend().health(handle) {
@@ -144,7 +152,8 @@ impl Sandbox {
     }
 
     pub async fn write_bytes(&self, path: &str, data: &[u8], mode: u32) -> Result<u64> {
-        self.call(async |a| a.write_bytes(path, data, mode).await).await
+        self.call(async |a| a.write_bytes(path, data, mode).await)
+            .await
     }
 
     pub async fn stat(&self, path: &str) -> Result<pb::FileInfo> {
@@ -156,7 +165,8 @@ impl Sandbox {
     }
 
     pub async fn mkdir(&self, path: &str, mode: u32, parents: bool) -> Result<()> {
-        self.call(async |a| a.mkdir(path, mode, parents).await).await
+        self.call(async |a| a.mkdir(path, mode, parents).await)
+            .await
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use common::{quiet, vm_lock, wait_no_processes, Env};
 use hearth_runtime::pb::FileKind;
-use hearth_runtime::{
-    CreateSpec, Error, ExecSpec, ListFilter, Outcome, Progress, Step, VmStatus,
-};
+use hearth_runtime::{CreateSpec, Error, ExecSpec, ListFilter, Outcome, Progress, Step, VmStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_lives_its_whole_life_through_the_library() {
@@ -40,8 +38,16 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("one\nfed\n"), "{text}");
     assert_eq!(&out.stderr[..], b"err\n");
-    let missing = sb.exec(&ExecSpec::argv(["/no/such/program"])).await.unwrap();
-    assert_eq!(missing.exit.outcome.exit_code(), 127, "{}", missing.exit.outcome);
+    let missing = sb
+        .exec(&ExecSpec::argv(["/no/such/program"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.exit.outcome.exit_code(),
+        127,
+        "{}",
+        missing.exit.outcome
+    );
     let mut slow = ExecSpec::shell("sleep 30");
     slow.timeout = Some(Duration::from_millis(300));
     assert!(matches!(
@@ -51,22 +57,39 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
 
     // Files.
     sb.mkdir("/tmp/d/e", 0o755, true).await.unwrap();
-    sb.write_bytes("/tmp/d/e/f.txt", b"hello", 0o640).await.unwrap();
+    sb.write_bytes("/tmp/d/e/f.txt", b"hello", 0o640)
+        .await
+        .unwrap();
     assert_eq!(&sb.read_file("/tmp/d/e/f.txt").await.unwrap()[..], b"hello");
     let st = sb.stat("/tmp/d/e/f.txt").await.unwrap();
     assert_eq!((st.size, st.mode & 0o777), (5, 0o640));
     sb.rename("/tmp/d/e/f.txt", "/tmp/d/g.txt").await.unwrap();
-    let names: Vec<String> = sb.list_dir("/tmp/d").await.unwrap().into_iter().map(|f| f.name).collect();
-    assert!(names.contains(&"g.txt".to_string()) && names.contains(&"e".to_string()), "{names:?}");
+    let names: Vec<String> = sb
+        .list_dir("/tmp/d")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert!(
+        names.contains(&"g.txt".to_string()) && names.contains(&"e".to_string()),
+        "{names:?}"
+    );
     let e = sb.read_file("/tmp/d/e/f.txt").await.unwrap_err();
     assert!(e.to_string().contains("/tmp/d/e/f.txt"), "{e}");
     let host = tempfile::tempdir().unwrap();
     sb.copy_out("/tmp/d", host.path()).await.unwrap();
-    assert_eq!(std::fs::read(host.path().join("d/g.txt")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read(host.path().join("d/g.txt")).unwrap(),
+        b"hello"
+    );
     std::fs::write(host.path().join("d/new.txt"), b"up").unwrap();
     sb.copy_in(&host.path().join("d"), "/tmp/up").await.unwrap();
     assert_eq!(&sb.read_file("/tmp/up/new.txt").await.unwrap()[..], b"up");
-    assert_eq!(sb.stat("/tmp/up/e").await.unwrap().kind, FileKind::Dir as i32);
+    assert_eq!(
+        sb.stat("/tmp/up/e").await.unwrap().kind,
+        FileKind::Dir as i32
+    );
     sb.remove("/tmp/d", true).await.unwrap();
     assert!(sb.stat("/tmp/d").await.is_err());
     drop(sb);
@@ -75,11 +98,23 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
     let r = rt.stop(&id, &p).await.unwrap();
     assert_eq!(r.status, VmStatus::Stopped);
     let dir = r.dir.clone();
-    assert!(wait_no_processes(dir.to_str().unwrap()).await.is_empty(), "processes left after stop");
-    let e = rt.get(&id).await.unwrap().exec(&ExecSpec::shell("true")).await.unwrap_err();
+    assert!(
+        wait_no_processes(dir.to_str().unwrap()).await.is_empty(),
+        "processes left after stop"
+    );
+    let e = rt
+        .get(&id)
+        .await
+        .unwrap()
+        .exec(&ExecSpec::shell("true"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::WrongState { .. }), "{e}");
     let sb = rt.start("lib-web", &p).await.expect("start");
-    assert_eq!(sb.exec(&ExecSpec::shell("echo back")).await.unwrap().stdout, "back\n");
+    assert_eq!(
+        sb.exec(&ExecSpec::shell("echo back")).await.unwrap().stdout,
+        "back\n"
+    );
     drop(sb);
     let removed = rt.remove("lib-web", false, &p).await.unwrap();
     assert_eq!(removed.record.id, id);
@@ -100,17 +135,36 @@ async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
     drop(sb);
     let procs = rt.backend().processes(rec.backend.as_ref().unwrap());
     let vhost = procs.iter().find(|(r, _)| *r == "vhost").unwrap().1;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(vhost as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vhost as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let all = rt.list(&ListFilter::default()).await.unwrap();
     assert_eq!(all[0].status, VmStatus::Failed);
     let note = all[0].note.clone().unwrap_or_default();
     assert!(note.contains("vhost-device-vsock"), "{note}");
     // The unusable VMM was ended too; an exec fails at once with the state.
-    assert!(wait_no_processes(rec.dir.to_str().unwrap()).await.is_empty(), "qemu left running");
+    assert!(
+        wait_no_processes(rec.dir.to_str().unwrap())
+            .await
+            .is_empty(),
+        "qemu left running"
+    );
     let t0 = std::time::Instant::now();
-    let e = rt.get(&rec.id).await.unwrap().exec(&ExecSpec::shell("true")).await.unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    let e = rt
+        .get(&rec.id)
+        .await
+        .unwrap()
+        .exec(&ExecSpec::shell("true"))
+        .await
+        .unwrap_err();
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert!(e.to_string().contains("is failed"), "{e}");
     rt.remove(&rec.id, false, &p).await.unwrap();
 }
@@ -119,15 +173,28 @@ async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
 /// private to root.
 fn assert_jailed(rt: &hearth_runtime::Runtime, rec: &hearth_runtime::VmRecord) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert!(nix::unistd::geteuid().is_root(), "the runtime tier runs as root (the VMM jail needs it)");
-    let uid = rec.vmm_uid.expect("a root runtime gives each vm its own uid");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the runtime tier runs as root (the VMM jail needs it)"
+    );
+    let uid = rec
+        .vmm_uid
+        .expect("a root runtime gives each vm its own uid");
     assert_ne!(uid, 0);
     for (role, pid) in rt.backend().processes(rec.backend.as_ref().unwrap()) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        assert!(uids.split_whitespace().skip(1).all(|u| u == uid.to_string()), "{role}: {uids}");
+        assert!(
+            uids.split_whitespace()
+                .skip(1)
+                .all(|u| u == uid.to_string()),
+            "{role}: {uids}"
+        );
         if role == "qemu" {
-            assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{role} is not under seccomp");
+            assert!(
+                status.lines().any(|l| l == "Seccomp:\t2"),
+                "{role} is not under seccomp"
+            );
         }
     }
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -165,12 +232,25 @@ async fn a_cancelled_create_leaves_nothing_behind() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Cancelled(_)), "{e}");
-    assert!(obs.1.lock().unwrap().iter().any(|s| s.starts_with("booting")));
-    assert!(rt.list(&ListFilter::default()).await.unwrap().is_empty(), "record left");
+    assert!(obs
+        .1
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.starts_with("booting")));
+    assert!(
+        rt.list(&ListFilter::default()).await.unwrap().is_empty(),
+        "record left"
+    );
     let vms = rt.config().vms_dir();
-    let left: Vec<_> = std::fs::read_dir(&vms).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&vms)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "vm dirs left: {left:?}");
-    assert!(wait_no_processes(vms.to_str().unwrap()).await.is_empty(), "processes left");
+    assert!(
+        wait_no_processes(vms.to_str().unwrap()).await.is_empty(),
+        "processes left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,15 +264,27 @@ async fn admission_refuses_what_the_host_cannot_hold_before_anything_is_made() {
     };
     let e = rt.create(&spec, &quiet()).await.unwrap_err();
     assert!(matches!(e, Error::Admission(_)), "{e}");
-    assert!(e.to_string().contains(&format!("{} MiB", host.mem_mib)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("{} MiB", host.mem_mib)),
+        "{e}"
+    );
     let spec = CreateSpec {
         cpus: host.cpus + 1,
         ..Default::default()
     };
     let e = rt.create(&spec, &quiet()).await.unwrap_err();
-    assert!(e.to_string().contains(&format!("{} CPUs", host.cpus)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("{} CPUs", host.cpus)),
+        "{e}"
+    );
     assert!(rt.list(&ListFilter::default()).await.unwrap().is_empty());
-    assert!(!rt.config().vms_dir().exists() || std::fs::read_dir(rt.config().vms_dir()).unwrap().next().is_none());
+    assert!(
+        !rt.config().vms_dir().exists()
+            || std::fs::read_dir(rt.config().vms_dir())
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +334,10 @@ async fn a_db_written_by_the_previous_release_opens_and_its_vm_still_works() {
     drop(sb);
     rt.remove(&id, false, &p).await.unwrap();
     let db = hearth_runtime::state::StateDb::new(&db_path, Duration::from_secs(5));
-    assert_eq!(db.open().await.unwrap(), Some(hearth_runtime::state::SCHEMA_VERSION));
+    assert_eq!(
+        db.open().await.unwrap(),
+        Some(hearth_runtime::state::SCHEMA_VERSION)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,9 +367,11 @@ async fn stop_gives_the_workload_sigterm_before_the_guest_powers_off() {
     drop(s);
     drop(sb);
     let sb = rt.start(&id, &p).await.unwrap();
-    let marker = sb.read_file("/root/marker").await.expect("the workload's TERM marker");
+    let marker = sb
+        .read_file("/root/marker")
+        .await
+        .expect("the workload's TERM marker");
     assert_eq!(&marker[..], b"got-term\n");
     drop(sb);
     rt.remove(&id, false, &p).await.unwrap();
 }
-

@@ -56,8 +56,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn health(&self, handle: &BackendHandle) -> Result<Health, VmmError>;
 
     /// A new connection to the sandbox's agent.
-    async fn connect(&self, handle: &BackendHandle, timeout: Duration)
-        -> Result<Client, VmmError>;
+    async fn connect(&self, handle: &BackendHandle, timeout: Duration) -> Result<Client, VmmError>;
 
     /// Asks the guest to power off (waiting up to `graceful`), then makes sure
     /// every process of the sandbox is gone.

@@ -2,8 +2,7 @@
 //!
 //! - [`backend`]: the [`Backend`] trait the runtime drives, and the versioned,
 //!   backend-neutral [`BackendHandle`] it stores.
-//! - [`sandbox`]: the backend-independent [`Sandbox`] / [`SandboxFactory`] traits,
-//!   [`SandboxConfig`] and [`ExecRequest`].
+//! - [`sandbox`]: [`SandboxConfig`], what a sandbox is made of.
 //! - [`qemu`]: QEMU `microvm` + `vhost-device-vsock` (argv builder, detached launch,
 //!   KVM probe, boot watchdog, stop).
 //! - [`process`]: pid + start-time identities and pidfd signalling, so a recycled
@@ -26,5 +25,5 @@ pub use error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
 pub use guest_contract::{GuestSpec, LowerFs};
 pub use process::ProcessId;
 pub use qemu::backend::{QemuBackend, QemuConfig};
-pub use qemu::{Accel, QemuFactory, QemuSandbox, VmHandle};
-pub use sandbox::{ExecRequest, Network, RootDisks, Sandbox, SandboxConfig, SandboxFactory};
+pub use qemu::{Accel, QemuFactory, VmHandle};
+pub use sandbox::{Network, RootDisks, SandboxConfig};

@@ -1,10 +1,7 @@
-//! The backend-independent sandbox interface.
+//! What a sandbox is made of ([`SandboxConfig`]), for every backend.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use hearth_proto::pb;
 
 use crate::error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
 use crate::guest_contract::LowerFs;
@@ -126,54 +123,6 @@ impl SandboxConfig {
     }
 }
 
-/// A one-shot command for [`Sandbox::exec`].
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
-    pub stdin: Vec<u8>,
-    pub timeout: Option<Duration>,
-}
-
-impl ExecRequest {
-    pub fn to_pb(&self) -> pb::Exec {
-        pb::Exec {
-            argv: self.argv.clone(),
-            env: hearth_proto::env_vars(self.env.iter().map(|(k, v)| (k, v))),
-            cwd: self.cwd.clone().unwrap_or_default(),
-            stdin: self.stdin.clone().into(),
-            timeout_ms: self
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
-            ..Default::default()
-        }
-    }
-}
-
-/// A running sandbox.
-pub trait Sandbox: Send + Sync {
-    fn id(&self) -> &str;
-    /// Runs one command to completion and returns its collected output.
-    fn exec(
-        &self,
-        req: ExecRequest,
-    ) -> impl Future<Output = Result<pb::ExecResult, VmmError>> + Send;
-    /// Asks the guest to power off, then makes sure every VMM process is gone.
-    fn stop(&self) -> impl Future<Output = Result<(), VmmError>> + Send;
-}
-
-/// Makes sandboxes of one backend.
-pub trait SandboxFactory: Send + Sync {
-    type Sandbox: Sandbox;
-    /// Boots a sandbox and returns once its agent answered READY.
-    fn create(
-        &self,
-        config: SandboxConfig,
-    ) -> impl Future<Output = Result<Self::Sandbox, VmmError>> + Send;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,19 +196,5 @@ mod tests {
         assert_eq!(Network::AllowAll.as_str(), "allow_all");
         let e = Network::parse("bridge").unwrap_err().to_string();
         assert!(e.contains("bridge") && e.contains("none, allow_all"), "{e}");
-    }
-
-    #[test]
-    fn exec_request_maps_timeout_and_env() {
-        let r = ExecRequest {
-            argv: vec!["true".into()],
-            env: vec![("A".into(), "1".into())],
-            timeout: Some(Duration::from_secs(2)),
-            ..Default::default()
-        };
-        let p = r.to_pb();
-        assert_eq!(p.timeout_ms, 2000);
-        assert_eq!(p.env[0].key, "A");
-        assert_eq!(p.cwd, "");
     }
 }

@@ -61,7 +61,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("running {:?}", args.cmd[0]))?;
     if args.json {
-        println!("{}", exec_io::exec_json(&r.exit, r.wall, &r.stdout, &r.stderr));
+        println!(
+            "{}",
+            exec_io::exec_json(&r.exit, r.wall, &r.stdout, &r.stderr)
+        );
         return Ok(r.exit.outcome.exit_code());
     }
     Ok(exec_io::report(&args.cmd[0], &r.exit.outcome))

@@ -32,7 +32,10 @@ pub struct Initramfs {
 pub fn kernel(explicit: Option<&Path>) -> Result<hearth_image::KernelInfo> {
     if let Some(p) = explicit {
         if !p.is_file() {
-            return Err(Error::InvalidSpec(format!("kernel not found: {}", p.display())));
+            return Err(Error::InvalidSpec(format!(
+                "kernel not found: {}",
+                p.display()
+            )));
         }
     }
     hearth_image::find_kernel(explicit).map_err(|e| Error::image("cannot find a guest kernel", e))
@@ -91,7 +94,10 @@ fn busybox_layer(bb: &Path, data: &[u8]) -> Result<Vec<u8>> {
 
 /// Builds or reuses the initramfs for `kernel` (blocking: call it from the
 /// blocking pool).
-pub fn ensure_blocking(cfg: &RuntimeConfig, kernel: &hearth_image::KernelInfo) -> Result<Initramfs> {
+pub fn ensure_blocking(
+    cfg: &RuntimeConfig,
+    kernel: &hearth_image::KernelInfo,
+) -> Result<Initramfs> {
     let guest = cfg.guest_binary.clone().ok_or_else(|| {
         Error::InvalidSpec(format!(
             "no guest binary configured (the static hearth-guest); {}",
@@ -129,7 +135,8 @@ pub fn ensure_blocking(cfg: &RuntimeConfig, kernel: &hearth_image::KernelInfo) -
     let hash = hex::encode(h.finalize());
     let path = cache.join(format!("initramfs-{}-bb.cpio", &hash[..16]));
     if !path.is_file() {
-        let mut out = std::fs::read(&base.path).map_err(|e| Error::io("cannot read", &base.path, e))?;
+        let mut out =
+            std::fs::read(&base.path).map_err(|e| Error::io("cannot read", &base.path, e))?;
         out.extend(busybox_layer(&bb, &bb_data)?);
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("cannot write", &tmp, e))?;
@@ -155,7 +162,9 @@ pub fn list(cache: &Path) -> Vec<(PathBuf, u64)> {
     if let Ok(rd) = std::fs::read_dir(cache) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("initramfs-") && (name.ends_with(".cpio") || name.ends_with(".cpio.gz")) {
+            if name.starts_with("initramfs-")
+                && (name.ends_with(".cpio") || name.ends_with(".cpio.gz"))
+            {
                 out.push((e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)));
             }
         }

@@ -4,5 +4,5 @@
 pub mod initramfs;
 pub mod rootfs;
 
-pub use initramfs::{Initramfs, kernel};
+pub use initramfs::{kernel, Initramfs};
 pub use rootfs::{parse_language, RootImage};

@@ -79,9 +79,8 @@ pub fn ensure_blocking(
 
 /// Checks a user's image (squashfs or ext4) and makes its path absolute.
 pub fn user_image(path: &Path) -> Result<RootImage> {
-    let kind = rootfs::validate_user_image(path).map_err(|e| {
-        Error::InvalidSpec(format!("cannot use the image {}: {e}", path.display()))
-    })?;
+    let kind = rootfs::validate_user_image(path)
+        .map_err(|e| Error::InvalidSpec(format!("cannot use the image {}: {e}", path.display())))?;
     let fs = LowerFs::parse(kind.fstype()).ok_or_else(|| {
         Error::InvalidSpec(format!("unsupported image filesystem {}", kind.fstype()))
     })?;
@@ -160,7 +159,9 @@ mod tests {
     #[test]
     fn missing_and_corrupt_user_images_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let e = user_image(&d.path().join("nope.img")).unwrap_err().to_string();
+        let e = user_image(&d.path().join("nope.img"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope.img") && e.contains("not found"), "{e}");
         let junk = d.path().join("junk.img");
         std::fs::write(&junk, vec![7u8; 8192]).unwrap();

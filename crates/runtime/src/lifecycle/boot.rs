@@ -103,7 +103,11 @@ pub async fn boot(
             match updated {
                 Ok(rec) => {
                     let agent = Agent::new(b.client, format!("vm {id}"), rec.env.clone());
-                    Ok(BootOutcome::Booted(Sandbox::with_agent(rt.clone(), rec, agent)))
+                    Ok(BootOutcome::Booted(Sandbox::with_agent(
+                        rt.clone(),
+                        rec,
+                        agent,
+                    )))
                 }
                 Err(e) => {
                     // Not recorded as running: do not leave it behind unrecorded.

@@ -112,11 +112,16 @@ impl CreateSpec {
         };
         let has_root = lang.is_some() || self.image.is_some();
         if lang.is_some() && self.image.is_some() {
-            return Err(Error::InvalidSpec("give either a language or an image, not both".into()));
+            return Err(Error::InvalidSpec(
+                "give either a language or an image, not both".into(),
+            ));
         }
         for (what, v) in [
             ("upper disk size", self.disk_mib),
-            ("persist volume size", self.persist.as_ref().and_then(|p| p.size_mib)),
+            (
+                "persist volume size",
+                self.persist.as_ref().and_then(|p| p.size_mib),
+            ),
         ] {
             if let Some(v) = v {
                 if !(8..=1 << 20).contains(&v) {
@@ -181,7 +186,9 @@ impl Runtime {
             (None, Some(l)) => {
                 let cache = cfg.image_cache.clone();
                 let p = Arc::clone(progress);
-                let job = tokio::task::spawn_blocking(move || rootfs::ensure_blocking(&cache, l, p.as_ref()));
+                let job = tokio::task::spawn_blocking(move || {
+                    rootfs::ensure_blocking(&cache, l, p.as_ref())
+                });
                 let (info, _) = tokio::select! {
                     r = job => r.map_err(|e| Error::Internal(format!("image task: {e}")))??,
                     _ = cancel.cancelled() => return Err(Error::Cancelled("while building the image".into())),
@@ -193,16 +200,24 @@ impl Runtime {
         let kernel_path = spec.kernel.clone().or_else(|| cfg.kernel.clone());
         let kernel = crate::images::kernel(kernel_path.as_deref())?;
         let initrd = match &spec.initrd {
-            Some(p) if p.is_file() => std::fs::canonicalize(p).map_err(|e| Error::io("cannot resolve", p, e))?,
-            Some(p) => return Err(Error::InvalidSpec(format!("initramfs not found: {}", p.display()))),
+            Some(p) if p.is_file() => {
+                std::fs::canonicalize(p).map_err(|e| Error::io("cannot resolve", p, e))?
+            }
+            Some(p) => {
+                return Err(Error::InvalidSpec(format!(
+                    "initramfs not found: {}",
+                    p.display()
+                )))
+            }
             None => self.ensure_initramfs(&kernel, progress).await?.path,
         };
         let accel = self.backend().accel(&kernel.path).await?;
         let id = super::new_id()?;
         let dir = cfg.vm_dir(&id);
-        let persist_volume = spec.persist.as_ref().map(|p| {
-            cfg.persist_volume(p.name.as_deref().unwrap_or(&id))
-        });
+        let persist_volume = spec
+            .persist
+            .as_ref()
+            .map(|p| cfg.persist_volume(p.name.as_deref().unwrap_or(&id)));
         let new_volume = persist_volume.as_ref().is_some_and(|v| !v.exists());
         let rec = VmRecord {
             id: id.clone(),
@@ -211,7 +226,10 @@ impl Runtime {
             status: VmStatus::Creating,
             cpus: spec.cpus,
             mem_mib: spec.mem_mib,
-            language: root.as_ref().map(|r| r.language.clone()).unwrap_or_else(|| "none".into()),
+            language: root
+                .as_ref()
+                .map(|r| r.language.clone())
+                .unwrap_or_else(|| "none".into()),
             initrd,
             custom_initrd: spec.initrd.is_some(),
             kernel: kernel.path.clone(),
@@ -223,7 +241,11 @@ impl Runtime {
             rootfs: root.as_ref().map(|r| r.path.clone()),
             lowerfs: root.as_ref().map(|r| r.fs),
             image_hash: root.as_ref().and_then(|r| r.hash.clone()),
-            disk_mib: if root.is_some() { spec.disk_mib.unwrap_or(disks::DEFAULT_DISK_MIB) } else { 0 },
+            disk_mib: if root.is_some() {
+                spec.disk_mib.unwrap_or(disks::DEFAULT_DISK_MIB)
+            } else {
+                0
+            },
             network: spec.network,
             persist_volume,
             env: root.as_ref().map(|r| r.env.clone()).unwrap_or_default(),
@@ -238,11 +260,17 @@ impl Runtime {
             .insert(rec, move |others, new| {
                 if let Some(n) = &new.name {
                     if let Some(o) = others.iter().find(|o| o.is_called(n)) {
-                        return Err(Error::InvalidSpec(format!("the name {n} is taken by vm {}", o.id)));
+                        return Err(Error::InvalidSpec(format!(
+                            "the name {n} is taken by vm {}",
+                            o.id
+                        )));
                     }
                 }
                 if let Some(vol) = &new.persist_volume {
-                    if let Some(o) = others.iter().find(|o| o.persist_volume.as_ref() == Some(vol)) {
+                    if let Some(o) = others
+                        .iter()
+                        .find(|o| o.persist_volume.as_ref() == Some(vol))
+                    {
                         return Err(Error::PersistInUse {
                             name: new.persist_name().unwrap_or_default(),
                             owner: o.id.clone(),
@@ -272,11 +300,22 @@ impl Runtime {
             self.discard(&rec, new_volume).await;
             return Err(e);
         }
-        match boot(self, rec.clone(), &accel, spec.boot_timeout, progress.as_ref(), cancel).await {
+        match boot(
+            self,
+            rec.clone(),
+            &accel,
+            spec.boot_timeout,
+            progress.as_ref(),
+            cancel,
+        )
+        .await
+        {
             Ok(BootOutcome::Booted(s)) => Ok(s),
             Ok(BootOutcome::Cancelled) => {
                 self.discard(&rec, new_volume).await;
-                Err(Error::Cancelled(format!("while booting vm {id}; it was removed")))
+                Err(Error::Cancelled(format!(
+                    "while booting vm {id}; it was removed"
+                )))
             }
             Err(e) => Err(e),
         }
@@ -317,7 +356,9 @@ impl Runtime {
     }
 
     /// Cached language images and initramfs files.
-    pub fn list_images(&self) -> Result<(Vec<hearth_image::rootfs::ImageInfo>, Vec<(PathBuf, u64)>)> {
+    pub fn list_images(
+        &self,
+    ) -> Result<(Vec<hearth_image::rootfs::ImageInfo>, Vec<(PathBuf, u64)>)> {
         let cache = self.config().image_cache();
         Ok((rootfs::list(cache)?, crate::images::initramfs::list(cache)))
     }
@@ -349,7 +390,6 @@ impl Runtime {
         r
     }
 }
-
 
 #[cfg(test)]
 mod tests {

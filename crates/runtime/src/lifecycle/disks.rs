@@ -40,7 +40,12 @@ pub async fn make(rec: &VmRecord, persist_dir: &Path, persist_mib: u64) -> Resul
             tokio::fs::create_dir_all(persist_dir)
                 .await
                 .map_err(|e| Error::io("cannot create", persist_dir, e))?;
-            make_ext4(vol.clone(), persist_mib, hearth_vmm::guest_contract::PERSIST_SERIAL).await?;
+            make_ext4(
+                vol.clone(),
+                persist_mib,
+                hearth_vmm::guest_contract::PERSIST_SERIAL,
+            )
+            .await?;
         }
     }
     Ok(())

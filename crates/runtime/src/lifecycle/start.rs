@@ -16,7 +16,9 @@ impl Runtime {
     /// Boots a stopped or failed sandbox again; the initramfs is rebuilt when
     /// the guest binary changed.
     pub async fn start(&self, key: &str, progress: &SharedProgress) -> Result<Sandbox> {
-        let r = self.start_inner(key, progress, &CancellationToken::new()).await;
+        let r = self
+            .start_inner(key, progress, &CancellationToken::new())
+            .await;
         progress.done();
         r
     }

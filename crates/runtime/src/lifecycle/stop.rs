@@ -60,7 +60,12 @@ impl Runtime {
 
     /// Stops a sandbox if it runs, then removes its directory (with its upper
     /// disk), its record, and its persist volume unless `keep_persist`.
-    pub async fn remove(&self, key: &str, keep_persist: bool, progress: &SharedProgress) -> Result<Removed> {
+    pub async fn remove(
+        &self,
+        key: &str,
+        keep_persist: bool,
+        progress: &SharedProgress,
+    ) -> Result<Removed> {
         let all = self.reconcile().await?;
         let rec = resolve(&all, key)?.clone();
         let r = self.remove_record(rec, keep_persist, progress).await;

@@ -63,14 +63,20 @@ mod tests {
         let v: Value = serde_json::from_str(V1_RUNNING).unwrap();
         let r: VmRecord = serde_json::from_value(migrate(1, v).unwrap()).unwrap();
         assert_eq!(r.status, VmStatus::Running);
-        assert_eq!(r.initrd.to_str(), Some("/s/images/initramfs-0123456789abcdef-bb.cpio"));
+        assert_eq!(
+            r.initrd.to_str(),
+            Some("/s/images/initramfs-0123456789abcdef-bb.cpio")
+        );
         assert_eq!(r.persist_name().as_deref(), Some("data"));
         let h = r.backend.expect("handle");
         let vm = hearth_vmm::QemuBackend::vm(&h).unwrap();
         assert_eq!((vm.qemu.pid, vm.qemu.start_time), (4242, 99));
         assert_eq!((vm.vhost.pid, vm.vhost.start_time), (4241, 98));
         assert_eq!(vm.dir.to_str(), Some("/s/vms/ab12cd34"));
-        assert_eq!(r.env, vec![("PATH".to_string(), "/usr/bin:/bin".to_string())]);
+        assert_eq!(
+            r.env,
+            vec![("PATH".to_string(), "/usr/bin:/bin".to_string())]
+        );
     }
 
     #[test]

@@ -164,7 +164,9 @@ impl StateDb {
         self.with_db(false, |db, path| {
             let Some(db) = db else { return Ok(Vec::new()) };
             check_version(db, path)?;
-            let txn = db.begin_read().map_err(|e| db_err(path, "cannot read", e))?;
+            let txn = db
+                .begin_read()
+                .map_err(|e| db_err(path, "cannot read", e))?;
             let t = match txn.open_table(VMS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -295,7 +297,9 @@ fn put(t: &mut redb::Table<&str, &str>, rec: &VmRecord, path: &Path) -> Result<(
 
 /// The stored schema version; `None` for a DB without one (new).
 fn read_version(db: &Database, path: &Path) -> Result<Option<u64>> {
-    let txn = db.begin_read().map_err(|e| db_err(path, "cannot read", e))?;
+    let txn = db
+        .begin_read()
+        .map_err(|e| db_err(path, "cannot read", e))?;
     match txn.open_table(META) {
         Ok(meta) => Ok(meta
             .get("schema_version")
@@ -348,8 +352,7 @@ fn write_migrated(db: &Database, path: &Path, from: Option<u64>) -> Result<()> {
                 let v: serde_json::Value =
                     serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
                 let v = migrate(from, v).map_err(bad)?;
-                let rec: VmRecord =
-                    serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+                let rec: VmRecord = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
                 put(&mut t, &rec, path)?;
             }
         }

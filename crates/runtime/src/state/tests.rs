@@ -50,7 +50,9 @@ async fn records_round_trip_through_transactions() {
     let d = tempfile::tempdir().unwrap();
     let st = db(d.path());
     st.open().await.unwrap();
-    st.insert(rec("aa", VmStatus::Running), |_, _| Ok(())).await.unwrap();
+    st.insert(rec("aa", VmStatus::Running), |_, _| Ok(()))
+        .await
+        .unwrap();
     let e = st
         .insert(rec("aa", VmStatus::Running), |_, _| Ok(()))
         .await
@@ -67,12 +69,13 @@ async fn records_round_trip_through_transactions() {
         .unwrap_err();
     assert!(matches!(e, Error::Admission(_)));
     assert_eq!(st.read_all().await.unwrap().len(), 1);
-    let u = st.update("aa", |_, r| {
-        r.note = Some("x".into());
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let u = st
+        .update("aa", |_, r| {
+            r.note = Some("x".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
     assert_eq!(u.note.as_deref(), Some("x"));
     assert!(matches!(
         st.update("zz", |_, _| Ok(())).await,

@@ -63,7 +63,11 @@ impl Env {
     pub fn config(&self) -> RuntimeConfig {
         let mut c = RuntimeConfig::new(self.dir.path());
         let guest = guest_bin();
-        assert!(guest.is_file(), "guest binary {} is missing", guest.display());
+        assert!(
+            guest.is_file(),
+            "guest binary {} is missing",
+            guest.display()
+        );
         c.guest_binary = Some(guest);
         c.image_cache = image_cache();
         c.qemu.extra_dirs = vec![PathBuf::from("/root/.cargo/bin")];
@@ -74,7 +78,9 @@ impl Env {
     }
 
     pub async fn runtime(&self) -> Runtime {
-        Runtime::open(self.config()).await.expect("open the runtime")
+        Runtime::open(self.config())
+            .await
+            .expect("open the runtime")
     }
 }
 
@@ -94,7 +100,10 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
         if !zombie && String::from_utf8_lossy(&cmd).contains(needle) {
             out.push(pid);
         }

@@ -137,11 +137,7 @@ impl Backend for QemuBackend {
         ))
     }
 
-    async fn connect(
-        &self,
-        handle: &BackendHandle,
-        timeout: Duration,
-    ) -> Result<Client, VmmError> {
+    async fn connect(&self, handle: &BackendHandle, timeout: Duration) -> Result<Client, VmmError> {
         Self::vm(handle)?.connect(timeout).await
     }
 

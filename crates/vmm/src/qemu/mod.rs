@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hearth_client::{Client, ConnectOptions, Endpoint};
-use hearth_proto::{pb, AGENT_VSOCK_PORT};
+use hearth_proto::AGENT_VSOCK_PORT;
 use serde::{Deserialize, Serialize};
 
 use crate::console::{tail_lines, ConsoleWatch};
 use crate::error::VmmError;
 use crate::process::ProcessId;
-use crate::sandbox::{ExecRequest, Network, Sandbox, SandboxConfig, SandboxFactory};
+use crate::sandbox::{Network, SandboxConfig};
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,41 +375,6 @@ fn write_pid(path: &Path, id: ProcessId) {
     // Informational only (the DB is the source of truth); failure is logged.
     if let Err(e) = std::fs::write(path, format!("{} {}\n", id.pid, id.start_time)) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write pid file");
-    }
-}
-
-/// A booted QEMU VM with a live agent connection.
-pub struct QemuSandbox {
-    pub handle: VmHandle,
-    pub client: Client,
-}
-
-impl Sandbox for QemuSandbox {
-    fn id(&self) -> &str {
-        &self.handle.id
-    }
-
-    async fn exec(&self, req: ExecRequest) -> Result<pb::ExecResult, VmmError> {
-        self.client
-            .exec(req.to_pb())
-            .await
-            .map_err(|source| VmmError::Client {
-                id: self.handle.id.clone(),
-                source,
-            })
-    }
-
-    async fn stop(&self) -> Result<(), VmmError> {
-        self.handle.stop(Duration::from_secs(10)).await
-    }
-}
-
-impl SandboxFactory for QemuFactory {
-    type Sandbox = QemuSandbox;
-
-    async fn create(&self, config: SandboxConfig) -> Result<QemuSandbox, VmmError> {
-        let (handle, client) = self.boot(&config).await?;
-        Ok(QemuSandbox { handle, client })
     }
 }
 

@@ -23,7 +23,10 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let recs = select(rt, &a.vm, a.all, |r| r.status != VmStatus::Creating).await?;
     let mut failed = 0;
     for r in recs {
-        match rt.remove(&r.id, a.keep_persist, &StderrProgress::shared()).await {
+        match rt
+            .remove(&r.id, a.keep_persist, &StderrProgress::shared())
+            .await
+        {
             Ok(removed) => {
                 if let Some(vol) = removed.kept_persist {
                     let name = removed.record.persist_name().unwrap_or_default();

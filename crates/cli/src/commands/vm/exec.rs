@@ -54,7 +54,12 @@ async fn one(sb: &Sandbox, a: &Args) -> hearth_runtime::Result<serde_json::Value
     }
     let info = sb.system_info().await?;
     let (code, hello, outcome, stderr) = if sb.hello_argv().is_empty() {
-        (0, format!("hello from vm {id}"), "exited with code 0".to_string(), String::new())
+        (
+            0,
+            format!("hello from vm {id}"),
+            "exited with code 0".to_string(),
+            String::new(),
+        )
     } else {
         let mut spec = ExecSpec::argv(sb.hello_argv().iter().cloned());
         spec.timeout = Some(a.timeout.unwrap_or(HELLO_TIMEOUT));
@@ -104,7 +109,10 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
             // A single --hello: errors go to stderr with exit 1 like any other.
             let v = one(sb, &a).await?;
             print_human(&v);
-            return Ok(v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()).unwrap_or(1));
+            return Ok(v["exit_code"]
+                .as_i64()
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap_or(1));
         }
     }
     let results = join_all(sandboxes.iter().map(|sb| one(sb, &a))).await;
@@ -113,7 +121,9 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     for (sb, res) in sandboxes.iter().zip(results) {
         let v = match res {
             Ok(v) => v,
-            Err(e) => serde_json::json!({ "id": sb.id(), "exit_code": 1, "error": format!("{:#}", anyhow::Error::new(e)) }),
+            Err(e) => {
+                serde_json::json!({ "id": sb.id(), "exit_code": 1, "error": format!("{:#}", anyhow::Error::new(e)) })
+            }
         };
         let c = v["exit_code"].as_i64().unwrap_or(1);
         if c != 0 && code == 0 {
