@@ -380,3 +380,34 @@ async fn slow_reader_does_not_grow_agent_memory() {
         other => panic!("expected killed, got {other:?}"),
     }
 }
+
+/// `text` occurs exactly once in `s`.
+fn once(s: &str, text: &str) -> bool {
+    s.matches(text).count() == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_program_error_says_the_errno_once() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let h = c
+        .exec_stream(pb::ExecStart {
+            argv: vec!["/nonexistent/hearth-prog".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let x = h.wait().await.unwrap();
+    let d = hearth_client::describe_outcome(x.outcome.as_ref());
+    assert!(once(&d, "errno 2"), "{d}");
+    assert!(once(&d, "No such file or directory"), "{d}");
+    assert!(!d.contains("os error"), "{d}");
+    assert!(d.contains("/nonexistent/hearth-prog"), "{d}");
+    match kind(&x.outcome) {
+        Kind::NeverStarted(n) => assert_eq!(
+            n.message, "/nonexistent/hearth-prog: No such file or directory",
+            "the wire message carries the text, not the number"
+        ),
+        other => panic!("expected never_started, got {other:?}"),
+    }
+}

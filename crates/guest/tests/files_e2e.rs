@@ -131,3 +131,36 @@ async fn errors_carry_errno_and_path() {
     c.ping().await.unwrap();
     agent.assert_serves_new_connection().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_file_error_says_the_errno_once() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let missing = agent.path("missing");
+    let e = c.stat(&missing).await.expect_err("stat of a missing file");
+    let s = e.to_string();
+    assert_eq!(s.matches("errno 2").count(), 1, "{s}");
+    assert_eq!(s.matches("No such file or directory").count(), 1, "{s}");
+    assert!(!s.contains("os error"), "{s}");
+    assert!(s.contains(&missing), "{s}");
+    // On the wire: the OS text in the message, the number only in `errno`.
+    let mut raw = common::Raw::connect(&agent).await;
+    raw.send_msg(
+        hearth_proto::Message::Stat(pb::Stat {
+            path: missing.clone(),
+            follow_symlinks: false,
+        }),
+        3,
+    )
+    .await;
+    match raw.msg().await {
+        (3, hearth_proto::Message::Error(e)) => {
+            assert_eq!(
+                e.message,
+                format!("stat {missing}: No such file or directory")
+            );
+            assert_eq!(e.errno, libc::ENOENT);
+        }
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}

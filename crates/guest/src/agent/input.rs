@@ -225,6 +225,10 @@ impl Consumer {
     pub fn consumed(&self, n: usize) -> Option<u32> {
         let window = self.0.window?;
         let mut s = self.0.lock();
+        if s.aborted.is_some() {
+            // A refused stream gets no more credit.
+            return None;
+        }
         s.unreturned += n as u64;
         if s.unreturned < (window / 4).max(1) {
             return None;

@@ -1,7 +1,11 @@
 //! Shared helpers for the agent-tier tests: start the real `hearth-guest agent`
 //! on a Unix socket in a temp dir, connect the real client, inspect /proc.
+//!
+//! An agent counts as started once it answers (a connection gets `READY`),
+//! never because its socket file exists.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,19 +43,28 @@ impl Agent {
             .spawn()
             .expect("cannot start hearth-guest");
         let mut a = Agent { child, dir, sock };
+        a.wait_ready(Duration::from_secs(10));
+        a
+    }
+
+    /// Waits until a connection to the agent gets `READY`, under `limit`.
+    pub fn wait_ready(&mut self, limit: Duration) {
         let t0 = Instant::now();
-        while !a.sock.exists() {
-            if let Ok(Some(st)) = a.child.try_wait() {
-                panic!("hearth-guest agent exited before listening: {st}");
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("hearth-guest agent exited before answering: {st}");
             }
+            let last = match read_ready(&self.sock) {
+                Ok(()) => return,
+                Err(e) => e.to_string(),
+            };
             assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "agent socket {} did not appear within 10 s",
-                a.sock.display()
+                t0.elapsed() < limit,
+                "agent on {} did not answer within {limit:?}: {last}",
+                self.sock.display()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        a
     }
 
     pub fn pid(&self) -> u32 {
@@ -94,6 +107,65 @@ impl Agent {
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Waits (bounded) for the agent process to exit; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends `sig` to the agent process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child, which is not reaped
+        // yet (the Child is still ours), so the pid cannot be reused.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
+    }
+}
+
+/// Whether `pid` names a live (non-zombie) process.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+/// Waits up to `limit` for `pid` to be gone; whether it went.
+pub async fn gone_within(pid: u32, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while alive(pid) {
+        if t0.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}
+
+/// Waits up to `limit` for `path` to hold a number (a pid a workload wrote).
+pub async fn read_pid_file(path: &Path, limit: Duration) -> u32 {
+    let t0 = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{} got no pid within {limit:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 impl Drop for Agent {
@@ -101,6 +173,27 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Connects to `sock` and reads one frame, which must be `READY`.
+pub fn read_ready(sock: &Path) -> std::io::Result<()> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if head[4] != 0x00 || !(5..=64 * 1024).contains(&len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "first frame is type {:#04x}, length {len}, not READY",
+                head[4]
+            ),
+        ));
+    }
+    let mut payload = vec![0u8; len - 5];
+    s.read_exact(&mut payload)?;
+    Ok(())
 }
 
 pub fn opts() -> ConnectOptions {
@@ -167,6 +260,8 @@ pub fn write_host_file(path: &Path, data: &[u8]) {
 pub struct Raw {
     pub s: UnixStream,
     buf: BytesMut,
+    /// The agent's READY.
+    pub ready: hearth_proto::pb::Ready,
 }
 
 impl Raw {
@@ -176,6 +271,7 @@ impl Raw {
         let mut r = Raw {
             s,
             buf: BytesMut::new(),
+            ready: Default::default(),
         };
         let f = r.frame().await.expect("READY frame");
         assert_eq!(
@@ -183,6 +279,10 @@ impl Raw {
             (0x00, 0),
             "first frame must be READY seq 0"
         );
+        match Message::from_frame(&f) {
+            Ok(Message::Ready(ready)) => r.ready = ready,
+            other => panic!("READY does not decode: {other:?}"),
+        }
         r
     }
 
@@ -197,8 +297,22 @@ impl Raw {
 
     /// The next frame, or `None` at EOF. Panics after 10 s.
     pub async fn frame(&mut self) -> Option<Frame> {
+        self.frame_within(Duration::from_secs(10))
+            .await
+            .expect("no frame or EOF from the agent within 10 s")
+    }
+
+    /// The next frame as a decoded message with its seq. Panics after 10 s.
+    pub async fn msg(&mut self) -> (u32, Message) {
+        let f = self.frame().await.expect("a frame, not EOF");
+        (f.seq, Message::from_frame(&f).expect("agent frame decodes"))
+    }
+
+    /// The next frame (`Some(None)` at EOF), or `None` if nothing came
+    /// within `wait`.
+    pub async fn frame_within(&mut self, wait: Duration) -> Option<Option<Frame>> {
         let dec = FrameDecoder::new(u32::MAX);
-        tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::time::timeout(wait, async {
             loop {
                 if let Some(f) = dec.decode(&mut self.buf).expect("agent sent a bad frame") {
                     return Some(f);
@@ -212,7 +326,7 @@ impl Raw {
             }
         })
         .await
-        .expect("no frame or EOF from the agent within 10 s")
+        .ok()
     }
 
     /// Decodes the next frame as an ERROR and returns (seq, code, errno).
