@@ -82,14 +82,18 @@ impl Agent {
             handle,
             label: self.label.clone(),
         };
-        if !spec.stdin.is_empty() {
+        if !spec.stdin_inline() {
             let ctl = stream.control();
-            ctl.write_stdin(Bytes::copy_from_slice(&spec.stdin))
-                .await
-                .map_err(self.err("cannot write stdin"))?;
-            if !spec.stdin_open {
-                ctl.close_stdin().await;
-            }
+            let data = Bytes::copy_from_slice(&spec.stdin);
+            let (keep_open, label) = (spec.stdin_open, self.label.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ctl.write_stdin(data).await {
+                    tracing::debug!(agent = %label, error = %e, "stdin not delivered");
+                }
+                if !keep_open {
+                    ctl.close_stdin().await;
+                }
+            });
         }
         Ok(stream)
     }

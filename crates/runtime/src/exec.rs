@@ -67,13 +67,24 @@ impl ExecSpec {
         Ok(())
     }
 
+    /// Whether `stdin` rides in the start frame (else it is streamed after it).
+    pub(crate) fn stdin_inline(&self) -> bool {
+        self.stdin.len() <= INLINE_STDIN_MAX
+    }
+
     /// The wire form, with `base_env` (the sandbox's) first.
     pub(crate) fn to_start(&self, base_env: &[(String, String)]) -> pb::ExecStart {
+        let inline = self.stdin_inline();
         pb::ExecStart {
             argv: self.argv.clone(),
             env: hearth_proto::env_vars(base_env.iter().chain(&self.env).map(|(k, v)| (k, v))),
             cwd: self.cwd.clone().unwrap_or_default(),
-            stdin_open: self.stdin_open || !self.stdin.is_empty(),
+            stdin: if inline {
+                self.stdin.clone().into()
+            } else {
+                Default::default()
+            },
+            stdin_open: self.stdin_open || !inline,
             timeout_ms: self
                 .timeout
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
@@ -83,6 +94,11 @@ impl ExecSpec {
         }
     }
 }
+
+/// Stdin up to this size goes in the start frame; more is streamed under the
+/// agent's input credit by a task, so a command whose output is not read yet
+/// cannot deadlock the caller.
+pub const INLINE_STDIN_MAX: usize = 256 * 1024;
 
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,18 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("one\nfed\n"), "{text}");
     assert_eq!(&out.stderr[..], b"err\n");
+    // Stdin larger than the agent's input credit, into a command whose output
+    // is collected only as it comes: no deadlock, every byte back.
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut cat = ExecSpec::argv(["cat"]);
+    cat.stdin = big.clone();
+    let echoed = sb.exec(&cat).await.unwrap();
+    assert_eq!(echoed.exit.outcome, Outcome::Exited(0));
+    assert!(
+        echoed.stdout[..] == big[..],
+        "cat returned {} bytes",
+        echoed.stdout.len()
+    );
     let missing = sb
         .exec(&ExecSpec::argv(["/no/such/program"]))
         .await
