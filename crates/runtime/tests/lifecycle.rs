@@ -12,7 +12,7 @@ use hearth_runtime::{CreateSpec, Error, ExecSpec, ListFilter, Outcome, Progress,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_lives_its_whole_life_through_the_library() {
-    let _g = vm_lock();
+    let _g = vm_lock().await;
     let env = Env::new();
     let rt = env.runtime().await;
     let p = quiet();
@@ -138,7 +138,7 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
-    let _g = vm_lock();
+    let _g = vm_lock().await;
     let env = Env::new();
     let rt = env.runtime().await;
     let p = quiet();
@@ -233,7 +233,7 @@ impl Progress for CancelAtBoot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_create_leaves_nothing_behind() {
-    let _g = vm_lock();
+    let _g = vm_lock().await;
     let env = Env::new();
     let rt = env.runtime().await;
     let token = tokio_util::sync::CancellationToken::new();
@@ -301,7 +301,7 @@ async fn admission_refuses_what_the_host_cannot_hold_before_anything_is_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_db_written_by_the_previous_release_opens_and_its_vm_still_works() {
-    let _g = vm_lock();
+    let _g = vm_lock().await;
     let env = Env::new();
     let p = quiet();
     let (id, v1_json, db_path) = {
@@ -354,7 +354,7 @@ async fn a_db_written_by_the_previous_release_opens_and_its_vm_still_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_gives_the_workload_sigterm_before_the_guest_powers_off() {
-    let _g = vm_lock();
+    let _g = vm_lock().await;
     let env = Env::new();
     let rt = env.runtime().await;
     let p = quiet();

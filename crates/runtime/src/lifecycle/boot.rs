@@ -53,7 +53,7 @@ pub fn sandbox_config(
 
 /// What became of a boot.
 pub enum BootOutcome {
-    Booted(Sandbox),
+    Booted(Box<Sandbox>),
     /// Cancelled: its processes were ended; the record is still `creating`
     /// for the caller to remove or mark.
     Cancelled,
@@ -103,11 +103,11 @@ pub async fn boot(
             match updated {
                 Ok(rec) => {
                     let agent = Agent::new(b.client, format!("vm {id}"), rec.env.clone());
-                    Ok(BootOutcome::Booted(Sandbox::with_agent(
+                    Ok(BootOutcome::Booted(Box::new(Sandbox::with_agent(
                         rt.clone(),
                         rec,
                         agent,
-                    )))
+                    ))))
                 }
                 Err(e) => {
                     // Not recorded as running: do not leave it behind unrecorded.

@@ -73,6 +73,9 @@ impl Default for CreateSpec {
     }
 }
 
+/// Language images, and initramfs files with their sizes.
+pub type ImageList = (Vec<hearth_image::rootfs::ImageInfo>, Vec<(PathBuf, u64)>);
+
 /// A volume, sandbox or persist name: 1-64 of `[A-Za-z0-9._-]`, not starting
 /// with `.` or `-`.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
@@ -310,7 +313,7 @@ impl Runtime {
         )
         .await
         {
-            Ok(BootOutcome::Booted(s)) => Ok(s),
+            Ok(BootOutcome::Booted(s)) => Ok(*s),
             Ok(BootOutcome::Cancelled) => {
                 self.discard(&rec, new_volume).await;
                 Err(Error::Cancelled(format!(
@@ -356,9 +359,7 @@ impl Runtime {
     }
 
     /// Cached language images and initramfs files.
-    pub fn list_images(
-        &self,
-    ) -> Result<(Vec<hearth_image::rootfs::ImageInfo>, Vec<(PathBuf, u64)>)> {
+    pub fn list_images(&self) -> Result<ImageList> {
         let cache = self.config().image_cache();
         Ok((rootfs::list(cache)?, crate::images::initramfs::list(cache)))
     }

@@ -91,7 +91,7 @@ impl Runtime {
             .await?;
         let id = rec.id.clone();
         match boot(self, rec, &accel, None, progress.as_ref(), cancel).await? {
-            BootOutcome::Booted(s) => Ok(s),
+            BootOutcome::Booted(s) => Ok(*s),
             BootOutcome::Cancelled => {
                 self.db()
                     .update(&id, |_, r| {

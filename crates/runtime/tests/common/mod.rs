@@ -5,15 +5,16 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use hearth_runtime::{NoProgress, Runtime, RuntimeConfig, SharedProgress};
 
-static VM_LOCK: Mutex<()> = Mutex::new(());
+static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Serializes the VM-heavy tests of one binary (2 cores, CPU-bound TCG boots).
-pub fn vm_lock() -> MutexGuard<'static, ()> {
-    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Async, so it can be held across awaits; a panicked holder frees it.
+pub async fn vm_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    VM_LOCK.lock().await
 }
 
 pub fn guest_bin() -> PathBuf {
