@@ -177,6 +177,12 @@ impl Runtime {
         Ok(Sandbox::new(self.clone(), resolve(&all, key)?.clone()))
     }
 
+    /// A handle on a record the caller already holds (from [`Runtime::list`]),
+    /// without reconciling again.
+    pub fn sandbox(&self, record: VmRecord) -> Sandbox {
+        Sandbox::new(self.clone(), record)
+    }
+
     /// Several sandboxes by id or name, from one reconcile.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Sandbox>> {
         let all = self.reconcile().await?;

@@ -92,8 +92,7 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     if a.all && recs.is_empty() {
         anyhow::bail!("no running vms");
     }
-    let ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();
-    let sandboxes = rt.get_many(&ids).await?;
+    let sandboxes: Vec<_> = recs.into_iter().map(|r| rt.sandbox(r)).collect();
     if let [sb] = sandboxes.as_slice() {
         if !a.json {
             if let Some(cmd) = &a.cmd {
