@@ -70,8 +70,9 @@ impl Runtime {
         Self::with_backend(config, backend).await
     }
 
-    /// Opens the runtime with any backend. Creates the state dir (0700) and
-    /// the DB, and migrates an older DB schema.
+    /// Opens the runtime with any backend. Creates the state dir (0700); the
+    /// DB is created (0600) or migrated from an older schema by the first call
+    /// that opens it.
     pub async fn with_backend(config: RuntimeConfig, backend: Arc<dyn Backend>) -> Result<Self> {
         let dir = config.state_dir.clone();
         std::fs::create_dir_all(&dir)
@@ -79,8 +80,8 @@ impl Runtime {
         if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot make the state dir 0700");
         }
+        // The DB is opened (created, migrated) by the first call that needs it.
         let db = StateDb::new(config.db_path(), config.db_lock_timeout);
-        db.open().await?;
         let host = HostCapacity::probe()?;
         Ok(Self {
             inner: Arc::new(Inner {

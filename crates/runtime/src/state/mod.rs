@@ -6,14 +6,15 @@
 //! a locked DB is retried with async sleeps up to the configured timeout. All
 //! file work runs on the blocking pool, never on an async worker.
 //!
-//! Reading never writes: a missing DB reads as empty, and migrations run only
-//! in [`StateDb::open`], which the runtime calls once when it starts.
+//! Reading never changes a record: a missing DB reads as empty (and is not
+//! created). A schema migration runs once per process, inside the first open
+//! of the file (or in [`StateDb::open`] when called).
 
 pub mod migrate;
 mod record;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ const VMS: TableDefinition<&str, &str> = TableDefinition::new("vms");
 pub struct StateDb {
     path: PathBuf,
     lock_timeout: Duration,
+    /// The schema was checked (and migrated) by this process.
+    checked: Arc<AtomicBool>,
 }
 
 fn db_err(path: &Path, context: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -71,6 +74,7 @@ impl StateDb {
         Self {
             path: path.into(),
             lock_timeout,
+            checked: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -116,7 +120,9 @@ impl StateDb {
     }
 
     /// Runs `f` on the blocking pool with the open DB (`None` when it does not exist
-    /// and `create` is false).
+    /// and `create` is false). The first open in this process also brings the
+    /// schema up to date ([`ensure_schema`]), in the same open: every redb open
+    /// costs fsyncs, so a call opens the file once.
     async fn with_db<T, F>(&self, create: bool, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -124,38 +130,33 @@ impl StateDb {
     {
         let db = self.open_file(create).await?;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || f(db.as_deref(), &path))
-            .await
-            .map_err(|e| Error::Internal(format!("state DB task: {e}")))?
+        let checked = Arc::clone(&self.checked);
+        tokio::task::spawn_blocking(move || {
+            if let Some(db) = db.as_deref() {
+                if !checked.load(Ordering::Acquire) {
+                    ensure_schema(db, &path)?;
+                    checked.store(true, Ordering::Release);
+                }
+            }
+            f(db.as_deref(), &path)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("state DB task: {e}")))?
     }
 
-    /// Creates the DB when missing (mode 0600) and migrates an older schema in one
-    /// transaction. Returns the schema version found (`None` for a new DB).
+    /// Creates the DB when missing and migrates an older schema now, rather
+    /// than at the first operation. Returns the schema version found (`None`
+    /// for a new DB).
     pub async fn open(&self) -> Result<Option<u64>> {
-        let found = self
-            .with_db(true, |db, path| {
-                let db = db.ok_or_else(|| Error::Internal("state DB vanished".into()))?;
-                let found = read_version(db, path)?;
-                match found {
-                    Some(SCHEMA_VERSION) => {}
-                    Some(v) if v > SCHEMA_VERSION => {
-                        return Err(Error::SchemaTooNew {
-                            path: path.to_path_buf(),
-                            found: v,
-                            supported: SCHEMA_VERSION,
-                        })
-                    }
-                    from => write_migrated(db, path, from)?,
-                }
-                if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot make the state DB 0600");
-                }
-                Ok(found)
-            })
-            .await?;
-        if let Some(v) = found.filter(|v| *v != SCHEMA_VERSION) {
-            tracing::info!(from = v, to = SCHEMA_VERSION, "state DB migrated");
-        }
+        let db = self.open_file(true).await?;
+        let path = self.path.clone();
+        let found = tokio::task::spawn_blocking(move || match db.as_deref() {
+            Some(db) => ensure_schema(db, &path),
+            None => Err(Error::Internal("state DB vanished".into())),
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("state DB task: {e}")))??;
+        self.checked.store(true, Ordering::Release);
         Ok(found)
     }
 
@@ -293,6 +294,37 @@ fn put(t: &mut redb::Table<&str, &str>, rec: &VmRecord, path: &Path) -> Result<(
     t.insert(rec.id.as_str(), json.as_str())
         .map_err(|e| db_err(path, "cannot write a record", e))?;
     Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`]: a new DB gets it written, an
+/// older one is migrated in one transaction, a newer one is refused; the file
+/// is made 0600. Returns the version found.
+fn ensure_schema(db: &Database, path: &Path) -> Result<Option<u64>> {
+    let found = read_version(db, path)?;
+    match found {
+        Some(SCHEMA_VERSION) => {}
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(Error::SchemaTooNew {
+                path: path.to_path_buf(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            })
+        }
+        from => {
+            write_migrated(db, path, from)?;
+            if let Some(v) = from {
+                tracing::info!(from = v, to = SCHEMA_VERSION, "state DB migrated");
+            }
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+    if mode.is_ok_and(|m| m != 0o600) {
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make the state DB 0600");
+        }
+    }
+    Ok(found)
 }
 
 /// The stored schema version; `None` for a DB without one (new).

@@ -1,4 +1,5 @@
 use super::*;
+use std::os::unix::fs::PermissionsExt;
 
 pub(crate) fn rec(id: &str, status: VmStatus) -> VmRecord {
     VmRecord {
@@ -142,11 +143,15 @@ async fn a_v1_db_is_migrated_once_in_place() {
     let st = db(d.path());
     let v1 = super::migrate::V1_RUNNING_FIXTURE;
     write_v1_db(st.path(), &[("ab12cd34".into(), v1.into())]).unwrap();
-    // Unmigrated: reads refuse rather than misread.
-    assert!(st.read_all().await.is_err());
-    assert_eq!(st.open().await.unwrap(), Some(1));
+    // The first open of this process migrates, so the first read sees v2.
     let all = st.read_all().await.unwrap();
     assert_eq!(all.len(), 1);
     assert!(all[0].backend.is_some());
-    assert_eq!(st.open().await.unwrap(), Some(SCHEMA_VERSION));
+    assert_eq!(db(d.path()).open().await.unwrap(), Some(SCHEMA_VERSION));
+    // Explicitly, in another process's view.
+    let d2 = tempfile::tempdir().unwrap();
+    let st2 = db(d2.path());
+    write_v1_db(st2.path(), &[("ab12cd34".into(), v1.into())]).unwrap();
+    assert_eq!(st2.open().await.unwrap(), Some(1));
+    assert_eq!(st2.read_all().await.unwrap().len(), 1);
 }
