@@ -344,6 +344,12 @@ async fn a_db_written_by_the_previous_release_opens_and_its_vm_still_works() {
     let out = sb.exec(&ExecSpec::shell("echo migrated")).await.unwrap();
     assert_eq!(out.stdout, "migrated\n");
     drop(sb);
+    // Booted again, the migrated VM gets its own uid and the jail.
+    assert_eq!(rt.get(&id).await.unwrap().record().vmm_uid, None);
+    rt.stop(&id, &p).await.unwrap();
+    let sb = rt.start(&id, &p).await.unwrap();
+    assert_jailed(&rt, sb.record());
+    drop(sb);
     rt.remove(&id, false, &p).await.unwrap();
     let db = hearth_runtime::state::StateDb::new(&db_path, Duration::from_secs(5));
     assert_eq!(

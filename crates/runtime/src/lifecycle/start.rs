@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use super::boot::{boot, BootOutcome};
 use super::disks;
 use crate::error::{Error, Result};
-use crate::host::admit;
+use crate::host::{admit, allocate_uid};
 use crate::progress::SharedProgress;
 use crate::runtime::{resolve, Runtime};
 use crate::sandbox::Sandbox;
@@ -66,6 +66,7 @@ impl Runtime {
         let me = ProcessId::of_child(std::process::id());
         let host = self.host();
         let policy = self.config().admission.clone();
+        let iso = self.config().isolation.clone();
         let (kpath, a) = (kernel.path.clone(), accel.clone());
         let expected = rec.status;
         let rec = self
@@ -79,6 +80,10 @@ impl Runtime {
                     });
                 }
                 admit(host, &policy, others, r)?;
+                // A record from before the jail (a migrated one) gets its uid now.
+                if let (None, Some(base)) = (r.vmm_uid, iso.vmm_uid_base) {
+                    r.vmm_uid = Some(allocate_uid(base, iso.vmm_uid_count, others)?);
+                }
                 r.status = VmStatus::Creating;
                 r.creator = me;
                 r.backend = None;
