@@ -85,6 +85,36 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// Removes every sandbox of this state dir, also when the test panicked,
+    /// so a failed test leaves no VM running.
+    fn drop(&mut self) {
+        let config = self.config();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(runtime) = Runtime::open(config).await else {
+                    return;
+                };
+                let Ok(all) = runtime.list(&hearth_runtime::ListFilter::default()).await else {
+                    return;
+                };
+                for r in all {
+                    if let Err(e) = runtime.remove(&r.id, false, &quiet()).await {
+                        eprintln!("cleanup: cannot remove vm {}: {e}", r.id);
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 pub fn quiet() -> SharedProgress {
     Arc::new(NoProgress)
 }
