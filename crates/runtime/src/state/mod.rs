@@ -86,8 +86,11 @@ impl StateDb {
     async fn open_once(&self, create: bool) -> Result<Opened> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            if !create && !path.exists() {
-                return Ok(Opened::Missing);
+            if !path.exists() {
+                if !create {
+                    return Ok(Opened::Missing);
+                }
+                create_atomically(&path)?;
             }
             match Database::create(&path) {
                 Ok(db) => Ok(Opened::Db(db)),
@@ -148,6 +151,7 @@ impl StateDb {
     /// than at the first operation. Returns the schema version found (`None`
     /// for a new DB).
     pub async fn open(&self) -> Result<Option<u64>> {
+        let existed = self.path.exists();
         let db = self.open_file(true).await?;
         let path = self.path.clone();
         let found = tokio::task::spawn_blocking(move || match db.as_deref() {
@@ -157,7 +161,7 @@ impl StateDb {
         .await
         .map_err(|e| Error::Internal(format!("state DB task: {e}")))??;
         self.checked.store(true, Ordering::Release);
-        Ok(found)
+        Ok(found.filter(|_| existed))
     }
 
     /// Every record, as stored. No side effects.
@@ -278,6 +282,29 @@ impl StateDb {
         })
         .await
     }
+}
+
+/// Makes a new DB under a temporary name and links it into place, so a
+/// creation that fails half-way (a full disk) leaves no broken file behind:
+/// the next read still sees "no DB". Losing a race to another process is fine.
+fn create_atomically(path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| DB_FILE.to_string());
+    let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
+    let made = (|| {
+        let db = Database::create(&tmp).map_err(|e| db_err(path, "cannot create", e))?;
+        ensure_schema(&db, &tmp)?;
+        drop(db);
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io("cannot create", path, e)),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    made
 }
 
 fn all_in(t: &redb::Table<&str, &str>, path: &Path) -> Result<Vec<VmRecord>> {

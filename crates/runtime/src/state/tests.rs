@@ -155,3 +155,35 @@ async fn a_v1_db_is_migrated_once_in_place() {
     assert_eq!(st2.open().await.unwrap(), Some(1));
     assert_eq!(st2.read_all().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_db_that_cannot_be_created_leaves_no_broken_file() {
+    let d = tempfile::tempdir().unwrap();
+    // A directory where the temporary DB would go: its creation fails half-way.
+    let st = db(d.path());
+    let blocker = d
+        .path()
+        .join(format!(".{DB_FILE}.new-{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(st
+        .insert(rec("aa", VmStatus::Running), |_, _| Ok(()))
+        .await
+        .is_err());
+    assert!(!st.path().exists(), "a failed creation left a DB file");
+    assert!(st.read_all().await.unwrap().is_empty());
+    std::fs::remove_dir(&blocker).unwrap();
+    st.insert(rec("aa", VmStatus::Running), |_, _| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(st.read_all().await.unwrap().len(), 1);
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from(DB_FILE)],
+        "temporary files left"
+    );
+}
