@@ -184,14 +184,6 @@ impl Runtime {
         Sandbox::new(self.clone(), record)
     }
 
-    /// Several sandboxes by id or name, from one reconcile.
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Sandbox>> {
-        let all = self.reconcile().await?;
-        keys.iter()
-            .map(|k| Ok(Sandbox::new(self.clone(), resolve(&all, k)?.clone())))
-            .collect()
-    }
-
     /// How long to wait for an agent connection.
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_secs(10)
