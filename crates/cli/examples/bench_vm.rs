@@ -243,7 +243,7 @@ async fn baseline_boot(
         kernel: kernel.into(),
         initrd: Some(initrd.into()),
         cmdline_extra: "rdinit=/poweroff".into(),
-        console_log: console.clone(),
+        serial: hearth_vmm::qemu::cmdline::Serial::File(console.clone()),
         vhost_socket: Some(vsock),
         drives: Vec::new(),
         user_net: false,

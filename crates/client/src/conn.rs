@@ -53,6 +53,8 @@ pub(crate) enum StreamKind {
     Read,
     /// Ends with WRITE_FILE_RESULT or ERROR.
     Write,
+    /// Ends with the AGENT_LOG_LINES that has `end`, or ERROR.
+    Log,
 }
 
 /// How a stream is opened: its kind and its credit in both directions.
@@ -212,6 +214,8 @@ impl Routes {
             (Ok(Message::Error(_)), StreamKind::Read | StreamKind::Write) => true,
             (Ok(Message::FileData(d)), StreamKind::Read) => d.eof,
             (Ok(Message::WriteFileResult(_)), StreamKind::Write) => true,
+            (Ok(Message::Error(_)), StreamKind::Log) => true,
+            (Ok(Message::AgentLogLines(b)), StreamKind::Log) => b.end,
             (Ok(_), _) => false,
         };
         let data_len = match &msg {

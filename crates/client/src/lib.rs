@@ -10,6 +10,7 @@
 //! - `credit`: input credit the agent grants for stdin and uploads.
 //! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
 //! - `ops`: ping, system info, shutdown.
+//! - `logs`: the agent's own log, as a snapshot or followed.
 //! - [`error`]: [`ClientError`] and its retryability.
 
 mod conn;
@@ -21,11 +22,13 @@ pub mod error;
 mod exec;
 mod files;
 pub mod hybrid;
+mod logs;
 mod ops;
 mod transport;
 
 pub use conn::{Client, ConnectOptions};
 pub use endpoint::Endpoint;
+pub use logs::{AgentLogBatch, AgentLogFollow};
 pub use error::ClientError;
 pub use exec::{
     describe_outcome, errno_text, exit_code, ExecControl, ExecEvent, ExecHandle,

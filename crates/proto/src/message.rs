@@ -112,6 +112,9 @@ message_types! {
     SystemInfo = 0x1A => pb::SystemInfo,
     SystemInfoResult = 0x1B => pb::SystemInfoResult,
     Shutdown = 0x1C => pb::Shutdown,
+    /// The agent's own log (CAPABILITY_AGENT_LOG).
+    AgentLog = 0x30 => pb::AgentLog,
+    AgentLogLines = 0x31 => pb::AgentLogLines,
     Error = 0xFF => pb::Error,
 }
 
@@ -176,6 +179,12 @@ impl Message {
                 validate_path("from", &m.from).or_else(invalid)?;
                 validate_path("to", &m.to).or_else(invalid)
             }
+            Message::AgentLog(m) => {
+                if m.since_ms < 0 {
+                    return invalid(format!("since_ms {} is negative", m.since_ms));
+                }
+                Ok(())
+            }
             Message::ExecSignal(m) => {
                 if !SIGNAL_RANGE.contains(&m.signal) {
                     return invalid(format!(
@@ -205,6 +214,7 @@ impl Message {
             | Message::SystemInfo(_)
             | Message::SystemInfoResult(_)
             | Message::Shutdown(_)
+            | Message::AgentLogLines(_)
             | Message::Error(_) => Ok(()),
         }
     }
@@ -334,6 +344,8 @@ mod tests {
             (SystemInfo, 0x1A),
             (SystemInfoResult, 0x1B),
             (Shutdown, 0x1C),
+            (AgentLog, 0x30),
+            (AgentLogLines, 0x31),
             (Error, 0xFF),
         ];
         assert_eq!(
@@ -358,10 +370,12 @@ mod tests {
                 C::SystemInfo,
                 C::Shutdown,
                 C::FlowControl,
-                C::InputFlowControl
+                C::InputFlowControl,
             ]
             .map(|c| c as i32),
             [0, 1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(C::AgentLog as i32, 13
         );
         assert_eq!(
             [

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hearth_vmm::console_log::ConsoleLimits;
 use hearth_vmm::{Accel, QemuConfig};
 
 /// How much of the host sandboxes may take.
@@ -82,6 +83,8 @@ pub struct RuntimeConfig {
     pub qemu: QemuConfig,
     pub admission: Admission,
     pub isolation: Isolation,
+    /// How big each sandbox's console log may grow (two rotated files).
+    pub console: ConsoleLimits,
 }
 
 impl RuntimeConfig {
@@ -103,6 +106,7 @@ impl RuntimeConfig {
             db_lock_timeout: Duration::from_secs(10),
             admission: Admission::default(),
             isolation: Isolation::for_current_user(),
+            console: ConsoleLimits::default(),
         }
     }
 

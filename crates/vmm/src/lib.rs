@@ -7,13 +7,15 @@
 //!   KVM probe, boot watchdog, stop).
 //! - [`process`]: pid + start-time identities and pidfd signalling, so a recycled
 //!   pid is never signalled.
-//! - [`console`]: console log tails for error messages.
+//! - [`console`]: reading the console log (tails for error messages, `logs`).
+//! - [`console_log`]: the console logger process (timestamped, rotated, bounded).
 //! - [`guest_contract`]: the `hearth.*` kernel command line words the guest's init
 //!   understands (disk serials, root overlay, persist volume, network).
 //! - `error`: [`VmmError`].
 
 pub mod backend;
 pub mod console;
+pub mod console_log;
 pub mod error;
 pub mod guest_contract;
 pub mod process;

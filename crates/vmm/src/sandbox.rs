@@ -74,6 +74,8 @@ pub struct SandboxConfig {
     /// Run the VMM and its helper processes as this uid (and the same gid), jailed
     /// to this sandbox's files. `None` runs them as the caller (no uid change).
     pub vmm_uid: Option<u32>,
+    /// How big the console log may grow (two rotated files).
+    pub console: crate::console_log::ConsoleLimits,
 }
 
 impl SandboxConfig {
@@ -145,6 +147,7 @@ mod tests {
             dir: dir.into(),
             boot_timeout: Duration::from_secs(1),
             vmm_uid: None,
+            console: Default::default(),
         }
     }
 

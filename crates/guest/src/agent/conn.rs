@@ -21,7 +21,7 @@ use super::routes::{Route, Routes, StreamFrames};
 use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
-use super::{exec, file_read, file_write, files, oneshot, sysinfo, Shared};
+use super::{exec, file_read, file_write, files, logbuf, oneshot, sysinfo, Shared};
 
 /// Default output credit of a streaming exec.
 const DEFAULT_EXEC_WINDOW: u64 = 256 * 1024;
@@ -65,7 +65,9 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
         return;
     }
     let routes = Routes::default();
+    let (closed_tx, closed) = tokio::sync::watch::channel(false);
     let mut cx = Cx {
+        closed,
         streams: StreamFrames::new(routes.clone(), writer.clone()),
         writer: writer.clone(),
         routes: routes.clone(),
@@ -105,10 +107,13 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
     // Nobody is left to read answers: sessions are ended, their output
     // drained and dropped; chunked writes are discarded; reads stop.
     routes.end_all(CONN_GRACE);
+    let _ = closed_tx.send(true);
 }
 
 /// What the reader of one connection works with.
 struct Cx {
+    /// Turns true once the connection is gone (ends followers).
+    closed: tokio::sync::watch::Receiver<bool>,
     writer: Writer,
     routes: Routes,
     streams: StreamFrames,
@@ -212,6 +217,9 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
             });
         }
         Message::Shutdown(s) => shutdown(s, seq, cx).await,
+        Message::AgentLog(req) => {
+            tokio::spawn(logbuf::serve(req, seq, writer.clone(), cx.closed.clone()));
+        }
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)
@@ -224,6 +232,7 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         | Message::ListDirResult(_)
         | Message::Ok(_)
         | Message::SystemInfoResult(_)
+        | Message::AgentLogLines(_)
         | Message::Error(_)) => {
             let msg = format!(
                 "{} is not a request the agent serves",

@@ -16,6 +16,7 @@
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
+//! - [`logbuf`]: the agent's own log in a bounded ring, for `AGENT_LOG`.
 //!
 //! On SIGTERM, SIGINT (init forwards both) or `SHUTDOWN` the agent stops
 //! accepting, sends TERM to every session's process group, KILLs what is left
@@ -32,6 +33,7 @@ mod files;
 mod input;
 mod lifecycle;
 mod listen;
+mod logbuf;
 mod oneshot;
 mod outbuf;
 mod routes;
@@ -223,6 +225,7 @@ fn all_capabilities() -> u64 {
         C::Shutdown,
         C::FlowControl,
         C::InputFlowControl,
+        C::AgentLog,
     ]
     .into_iter()
     .map(capability_bit)
@@ -248,14 +251,27 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     let config = Config::parse(args)?;
     tune_malloc();
     let (boot, role) = take_hearth_env();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The console (stderr), and the in-memory ring AGENT_LOG serves.
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(logbuf::RingWriter)
+                    .with_ansi(false)
+                    .without_time(),
+            )
+            .init();
+    }
     protect_from_oom();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -410,6 +426,12 @@ mod tests {
 
     #[test]
     fn capabilities_cover_every_value() {
-        assert_eq!(all_capabilities(), 0b111_1111);
+        use pb::Capability as C;
+        // Every value the schema defines is announced.
+        let every = (0..64)
+            .filter_map(|v| C::try_from(v).ok())
+            .map(capability_bit)
+            .fold(0, |a, b| a | b);
+        assert_eq!(all_capabilities(), every);
     }
 }

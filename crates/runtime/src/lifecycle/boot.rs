@@ -48,6 +48,7 @@ pub fn sandbox_config(
         dir: rec.dir.clone(),
         boot_timeout: timeout.unwrap_or_else(|| rt.config().boot_timeout_for(accel)),
         vmm_uid: rec.vmm_uid,
+        console: rt.config().console,
     })
 }
 

@@ -23,6 +23,16 @@ pub const TCG_TB_SIZE_MIB: u32 = 32;
 pub const SECCOMP_SANDBOX: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// QEMU writes it to this file itself (unbounded: only for short probes).
+    File(PathBuf),
+    /// QEMU's stdout, a pipe to the console logger
+    /// ([`crate::console_log`]), which timestamps, bounds and rotates it.
+    Stdio,
+}
+
 /// Everything the QEMU argv depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuArgs {
@@ -34,7 +44,7 @@ pub struct QemuArgs {
     pub initrd: Option<PathBuf>,
     /// Appended after [`BASE_KERNEL_CMDLINE`].
     pub cmdline_extra: String,
-    pub console_log: PathBuf,
+    pub serial: Serial,
     /// The vhost-user socket served by vhost-device-vsock; `None` for no vsock.
     pub vhost_socket: Option<PathBuf>,
     /// virtio-blk disks, in order.
@@ -163,7 +173,10 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
         os("-nographic"),
         os("-no-reboot"),
         os("-serial"),
-        path_arg("file:", &a.console_log),
+        match &a.serial {
+            Serial::File(p) => path_arg("file:", p),
+            Serial::Stdio => os("stdio"),
+        },
         os("-kernel"),
         os(a.kernel.as_os_str()),
     ]);
@@ -215,7 +228,7 @@ mod tests {
             kernel: "/boot/vmlinuz".into(),
             initrd: Some("/cache/initrd.cpio.gz".into()),
             cmdline_extra: "hearth.debug=1".into(),
-            console_log: "/vm/console.log".into(),
+            serial: Serial::File("/vm/console.log".into()),
             vhost_socket: Some("/vm/vhost.sock".into()),
             drives: Vec::new(),
             user_net: false,

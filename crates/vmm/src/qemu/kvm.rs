@@ -86,12 +86,12 @@ pub async fn probe(qemu: &Path, kernel: &Path, work_dir: &Path) -> Result<Accel,
         initrd: None,
         // Not quiet would be nicer, but the panic line is printed at any loglevel.
         cmdline_extra: String::new(),
-        console_log: console.clone(),
+        serial: super::cmdline::Serial::File(console.clone()),
         vhost_socket: None,
         drives: Vec::new(),
         user_net: false,
     };
-    let (mut child, id) = spawn_detached(qemu, &qemu_argv(&args), &qlog)?;
+    let (mut child, id) = spawn_detached(qemu, &qemu_argv(&args), &qlog, None)?;
     let deadline = Instant::now() + PROBE_WATCHDOG;
     let mut works = false;
     loop {

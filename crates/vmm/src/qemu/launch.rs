@@ -1,6 +1,7 @@
 //! Finding the helper programs and spawning them detached from the CLI.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,11 +59,13 @@ pub fn find_qemu() -> Result<PathBuf, VmmError> {
 }
 
 /// Starts `program` in its own session with stdin from /dev/null and stdout+stderr
-/// appended to `log`, so it outlives the CLI and never touches its terminal.
+/// appended to `log` (stdout to `stdout` instead when given: the console
+/// logger's pipe), so it outlives the CLI and never touches its terminal.
 pub fn spawn_detached(
     program: &Path,
     argv: &[OsString],
     log: &Path,
+    stdout: Option<OwnedFd>,
 ) -> Result<(std::process::Child, ProcessId), VmmError> {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -73,6 +76,10 @@ pub fn spawn_detached(
         .try_clone()
         .map_err(|e| VmmError::io("cannot open log file", log, e))?;
     let mut cmd = Command::new(program);
+    let out = match stdout {
+        Some(fd) => Stdio::from(fd),
+        None => Stdio::from(out),
+    };
     cmd.args(argv).stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -87,13 +94,15 @@ pub fn spawn_detached(
 /// Starts the program of `jail` inside it (see [`super::jail`]): its own session,
 /// mount namespace, root and uid, an empty environment, stdin from /dev/null and
 /// stdout+stderr to `log` (opened read-write by the caller with
-/// [`super::jail::VmDir::open_log`]; `log_path` is for messages). When the jail
-/// cannot be entered, the error names the failed step, read back from `log`.
+/// [`super::jail::VmDir::open_log`]; `log_path` is for messages), stdout to
+/// `stdout` instead when given. When the jail cannot be entered, the error
+/// names the failed step, read back from `log`.
 pub fn spawn_jailed(
     jail: PreparedJail,
     argv: &[OsString],
     log: std::fs::File,
     log_path: &Path,
+    stdout: Option<OwnedFd>,
 ) -> Result<(std::process::Child, ProcessId), VmmError> {
     let program = jail.program().display().to_string();
     let dup = |f: &std::fs::File| {
@@ -103,10 +112,14 @@ pub fn spawn_jailed(
     let err = dup(&log)?;
     let mut reader = dup(&log)?;
     let mut cmd = Command::new(jail.program());
+    let out = match stdout {
+        Some(fd) => Stdio::from(fd),
+        None => Stdio::from(log),
+    };
     cmd.args(argv)
         .env_clear()
         .stdin(Stdio::null())
-        .stdout(log)
+        .stdout(out)
         .stderr(err);
     // SAFETY: `enter` makes only syscalls on buffers prepared before fork; it is
     // meant for exactly this place, a forked child before exec.
@@ -172,6 +185,7 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c".into(), "echo hi; echo err >&2; sleep 30".into()],
             &log,
+            None,
         )
         .unwrap();
         assert!(id.is_alive());

@@ -196,11 +196,12 @@ impl QemuFactory {
                 &self.vhost,
                 &cmdline::vhost_argv(&vhost_sock, &vsock_sock),
                 &vhost_log,
+                None,
             )?,
             Some(j) => {
                 let argv = cmdline::vhost_argv(&j.vm_path(&vhost_sock)?, &j.vm_path(&vsock_sock)?);
                 let log = j.dir().open_log(&vhost_log, j.uid())?;
-                launch::spawn_jailed(j.vhost(&self.vhost)?, &argv, log, &vhost_log)?
+                launch::spawn_jailed(j.vhost(&self.vhost)?, &argv, log, &vhost_log, None)?
             }
         };
         pid_file(files::VHOST_PID, vhost);
@@ -233,18 +234,30 @@ impl QemuFactory {
             kernel: cfg.kernel.clone(),
             initrd: Some(cfg.initrd.clone()),
             cmdline_extra: guest_cmdline(cfg),
-            console_log: dir.join(files::CONSOLE_LOG),
+            serial: cmdline::Serial::Stdio,
             vhost_socket: Some(vhost_sock),
             drives: disks,
             user_net: cfg.network == Network::AllowAll,
         };
-        let spawned = match &jail {
-            None => launch::spawn_detached(&self.qemu, &cmdline::qemu_argv(&args), &qemu_log),
-            Some(j) => j.qemu(&self.qemu, &args).and_then(|(prepared, inside)| {
-                let log = j.dir().open_log(&qemu_log, j.uid())?;
-                launch::spawn_jailed(prepared, &cmdline::qemu_argv(&inside), log, &qemu_log)
-            }),
-        };
+        // The serial console goes through a pipe to the logger, which bounds
+        // and rotates console.log; it exits when QEMU does.
+        let spawned = crate::console_log::start(&dir, cfg.console).and_then(|logger| {
+            tracing::debug!(id = %cfg.id, pid = logger.pid, "console logger started");
+            let serial = Some(logger.pipe);
+            match &jail {
+                None => launch::spawn_detached(
+                    &self.qemu,
+                    &cmdline::qemu_argv(&args),
+                    &qemu_log,
+                    serial,
+                ),
+                Some(j) => j.qemu(&self.qemu, &args).and_then(|(prepared, inside)| {
+                    let log = j.dir().open_log(&qemu_log, j.uid())?;
+                    let argv = cmdline::qemu_argv(&inside);
+                    launch::spawn_jailed(prepared, &argv, log, &qemu_log, serial)
+                }),
+            }
+        });
         let (mut qchild, qemu) = match spawned {
             Ok(x) => x,
             Err(e) => {
@@ -398,6 +411,7 @@ mod tests {
             dir: "/vm".into(),
             boot_timeout: Duration::from_secs(1),
             vmm_uid: None,
+            console: Default::default(),
         }
     }
 

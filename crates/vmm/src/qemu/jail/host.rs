@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::{paths, JailSpec, PreparedJail, Source};
 use crate::error::VmmError;
+use crate::qemu::cmdline::Serial;
 use crate::process::ProcessId;
 use crate::qemu::cmdline::{Drive, QemuArgs};
 use crate::qemu::Accel;
@@ -418,7 +419,9 @@ impl VmJail {
             s.bind_ro(self.initrd.clone(), paths::INITRD);
             a.initrd = Some(paths::INITRD.into());
         }
-        a.console_log = self.vm_path(&args.console_log)?;
+        if let Serial::File(p) = &args.serial {
+            a.serial = Serial::File(self.vm_path(p)?);
+        }
         a.vhost_socket = args
             .vhost_socket
             .as_deref()
