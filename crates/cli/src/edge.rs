@@ -14,6 +14,7 @@
 //! | `HEARTH_ACCEL` | `kvm`, `tcg` or `auto` |
 //! | `HEARTH_MEM_OVERCOMMIT`, `HEARTH_CPU_OVERCOMMIT` | admission ratios |
 //! | `HEARTH_JAIL` | `0` runs VMMs unjailed even as root |
+//! | `HEARTH_CONSOLE_LOG_BYTES` | size of one console log file (two are kept; default 1 MiB) |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -98,6 +99,13 @@ pub fn config(state_dir_flag: Option<PathBuf>) -> anyhow::Result<RuntimeConfig> 
     }
     if let Some(r) = parse_var::<f64>("HEARTH_CPU_OVERCOMMIT")? {
         c.admission.cpu_overcommit = r;
+    }
+    if let Some(n) = parse_var::<u64>("HEARTH_CONSOLE_LOG_BYTES")? {
+        let min = hearth_runtime::logs::MIN_CONSOLE_FILE_BYTES;
+        if n < min {
+            bail!("HEARTH_CONSOLE_LOG_BYTES={n} is below the minimum of {min} bytes");
+        }
+        c.console.file_bytes = n;
     }
     if var("HEARTH_JAIL").as_deref() == Some("0") {
         c.isolation.vmm_uid_base = None;

@@ -28,10 +28,10 @@ mod transport;
 
 pub use conn::{Client, ConnectOptions};
 pub use endpoint::Endpoint;
-pub use logs::{AgentLogBatch, AgentLogFollow};
 pub use error::ClientError;
 pub use exec::{
     describe_outcome, errno_text, exit_code, ExecControl, ExecEvent, ExecHandle,
     DEFAULT_EXEC_WINDOW,
 };
 pub use hearth_proto::pb;
+pub use logs::{AgentLogBatch, AgentLogFollow};

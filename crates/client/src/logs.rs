@@ -38,7 +38,11 @@ impl AgentLogFollow {
 impl Client {
     /// The agent's retained log lines: the last `tail` (0 = all) logged at or
     /// after `since_ms` (0 = any time).
-    pub async fn agent_log(&self, tail: u32, since_ms: i64) -> Result<Vec<pb::LogLine>, ClientError> {
+    pub async fn agent_log(
+        &self,
+        tail: u32,
+        since_ms: i64,
+    ) -> Result<Vec<pb::LogLine>, ClientError> {
         let mut follow = self.open_agent_log(tail, since_ms, false).await?;
         let mut lines = Vec::new();
         while let Some(batch) = follow.rx.recv().await {
@@ -58,11 +62,20 @@ impl Client {
     }
 
     /// Like [`Client::agent_log`], then every new line until the connection closes.
-    pub async fn follow_agent_log(&self, tail: u32, since_ms: i64) -> Result<AgentLogFollow, ClientError> {
+    pub async fn follow_agent_log(
+        &self,
+        tail: u32,
+        since_ms: i64,
+    ) -> Result<AgentLogFollow, ClientError> {
         self.open_agent_log(tail, since_ms, true).await
     }
 
-    async fn open_agent_log(&self, tail: u32, since_ms: i64, follow: bool) -> Result<AgentLogFollow, ClientError> {
+    async fn open_agent_log(
+        &self,
+        tail: u32,
+        since_ms: i64,
+        follow: bool,
+    ) -> Result<AgentLogFollow, ClientError> {
         self.require(pb::Capability::AgentLog, "the agent log")?;
         let req = Message::AgentLog(pb::AgentLog {
             tail,

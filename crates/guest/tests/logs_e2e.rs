@@ -30,14 +30,23 @@ async fn retained_lines_carry_time_level_and_text_and_tail_cuts() {
         "timestamp {} is not around now {t0}",
         listening.at_ms
     );
-    assert!(listening.text.contains(agent.sock.to_str().unwrap()), "fields kept: {listening:?}");
+    assert!(
+        listening.text.contains(agent.sock.to_str().unwrap()),
+        "fields kept: {listening:?}"
+    );
 
     let last = c.agent_log(1, 0).await.expect("tail 1");
     assert_eq!(last.len(), 1, "tail 1 gives one line: {last:?}");
     assert_eq!(last[0], *lines.last().unwrap());
 
-    let future = c.agent_log(0, now_ms() + 60_000).await.expect("since the future");
-    assert!(future.is_empty(), "nothing is logged in the future: {future:?}");
+    let future = c
+        .agent_log(0, now_ms() + 60_000)
+        .await
+        .expect("since the future");
+    assert!(
+        future.is_empty(),
+        "nothing is logged in the future: {future:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +66,11 @@ async fn a_follower_gets_a_line_logged_after_it_started() {
             .expect("follow ended")
             .expect("follow failed");
         assert_eq!(batch.dropped, 0);
-        if let Some(l) = batch.lines.into_iter().find(|l| l.text.contains("framing error")) {
+        if let Some(l) = batch
+            .lines
+            .into_iter()
+            .find(|l| l.text.contains("framing error"))
+        {
             break l;
         }
     };

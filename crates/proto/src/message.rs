@@ -375,8 +375,7 @@ mod tests {
             .map(|c| c as i32),
             [0, 1, 2, 3, 4, 5, 6]
         );
-        assert_eq!(C::AgentLog as i32, 13
-        );
+        assert_eq!(C::AgentLog as i32, 13);
         assert_eq!(
             [
                 E::BadFrame,

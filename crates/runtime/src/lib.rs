@@ -8,6 +8,7 @@
 //!   streaming, one [`ExecSpec`]) and files (read, write, stat, list, mkdir,
 //!   remove, rename, tree copies in `files.rs`).
 //! - [`exec`]: [`ExecSpec`], [`Outcome`] — the one exit-code mapping.
+//! - [`logs`]: the console log and the agent's own log, snapshot or followed.
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
 //! - [`reconcile`]: the pure rule from processes to statuses.
@@ -38,6 +39,7 @@ pub mod files;
 pub mod host;
 pub mod images;
 pub mod lifecycle;
+pub mod logs;
 pub mod paths;
 pub mod progress;
 pub mod reconcile;
@@ -50,6 +52,7 @@ pub use config::{Admission, Isolation, RuntimeConfig};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecOutput, ExecSpec, ExecStream, Outcome, StreamEvent};
 pub use lifecycle::{CreateSpec, PersistSpec, Removed};
+pub use logs::{LogEvent, LogFollow, LogLine, LogQuery, LogSource};
 pub use progress::{NoProgress, Progress, SharedProgress, Step};
 pub use runtime::{ListFilter, Runtime};
 pub use sandbox::Sandbox;

@@ -64,6 +64,27 @@ impl Sandbox {
         self.record.status
     }
 
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// A connection of its own to the agent (for a stream that holds one,
+    /// like a log follow), apart from the shared [`Sandbox::agent`].
+    pub(crate) async fn new_connection(&self) -> Result<hearth_client::Client> {
+        let handle = self.record.backend.as_ref().ok_or_else(|| {
+            Error::Internal(format!("vm {} has no backend handle", self.record.id))
+        })?;
+        match self
+            .rt
+            .backend()
+            .connect(handle, self.rt.connect_timeout())
+            .await
+        {
+            Ok(c) => Ok(c),
+            Err(e) => Err(self.explain(e.into()).await),
+        }
+    }
+
     /// The agent connection (made now if there is none).
     pub async fn agent(&self) -> Result<&Agent> {
         self.agent

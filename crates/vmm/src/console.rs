@@ -175,22 +175,85 @@ pub fn split_stamp(line: &[u8]) -> (Option<i64>, &[u8]) {
 fn parse_stamp(s: &[u8]) -> Option<i64> {
     let digits = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        part.iter().all(u8::is_ascii_digit).then(|| {
-            part.iter()
-                .fold(0i64, |a, &d| a * 10 + i64::from(d - b'0'))
-        })
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |a, &d| a * 10 + i64::from(d - b'0')))
     };
-    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z'), (24, b' ')];
+    let seps = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+        (24, b' '),
+    ];
     if seps.iter().any(|&(i, c)| s.get(i) != Some(&c)) {
         return None;
     }
     let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
-    let (h, mi, sec, ms) = (digits(11..13)?, digits(14..16)?, digits(17..19)?, digits(20..23)?);
+    let (h, mi, sec, ms) = (
+        digits(11..13)?,
+        digits(14..16)?,
+        digits(17..19)?,
+        digits(20..23)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
     let days = days_from_civil(y, mo, d);
     Some(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000) + ms)
+}
+
+/// An RFC 3339 time (`2026-12-01T12:00:00Z`, with an optional fraction and
+/// a `Z` or `±HH:MM` offset) → milliseconds since the epoch.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let p = b.get(r)?;
+        p.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| p.iter().fold(0i64, |a, &d| a * 10 + i64::from(d - b'0')))
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut ms = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        let mut end = start;
+        while b.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        if end == start {
+            return None;
+        }
+        let frac = &s[start..end.min(start + 3)];
+        ms = format!("{frac:0<3}").parse().ok()?;
+        i = end;
+    }
+    let offset_min = match b.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), ..] if b.len() == i + 6 && b[i + 3] == b':' => {
+            let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if *sign == b'+' {
+                m
+            } else {
+                -m
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Some(secs * 1000 + ms)
 }
 
 /// (year, month, day) → days since 1970-01-01 (H. Hinnant's algorithm).
@@ -389,6 +452,37 @@ mod reader_tests {
     }
 
     #[test]
+    fn rfc3339_times_parse_with_fractions_and_offsets() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00.123Z"),
+            Some(951_782_400_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00.1234567Z"),
+            Some(951_782_400_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T01:00:00.5+01:00"),
+            Some(951_782_400_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("1970-01-01T00:00:00-00:30"),
+            Some(1_800_000)
+        );
+        for bad in [
+            "",
+            "2000-02-29",
+            "2000-02-29T00:00:00",
+            "2000-13-01T00:00:00Z",
+            "2000-02-29T00:00:00.Z",
+            "2000-02-29T00:00:00+0100",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn read_joins_rotated_then_current_and_applies_the_query() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -402,16 +496,34 @@ mod reader_tests {
         )
         .unwrap();
         let texts = |q| -> Vec<String> {
-            read_console(d.path(), q).into_iter().map(|l| l.text).collect()
+            read_console(d.path(), q)
+                .into_iter()
+                .map(|l| l.text)
+                .collect()
         };
-        assert_eq!(texts(LogQuery::default()), ["one", "two[31m", "three", "four"]);
-        let q = LogQuery { tail: Some(2), since_ms: None };
+        assert_eq!(
+            texts(LogQuery::default()),
+            ["one", "two[31m", "three", "four"]
+        );
+        let q = LogQuery {
+            tail: Some(2),
+            since_ms: None,
+        };
         assert_eq!(texts(q), ["three", "four"]);
-        let q = LogQuery { tail: None, since_ms: Some(2500) };
+        let q = LogQuery {
+            tail: None,
+            since_ms: Some(2500),
+        };
         assert_eq!(texts(q), ["three", "four"]);
-        let q = LogQuery { tail: Some(1), since_ms: Some(0) };
+        let q = LogQuery {
+            tail: Some(1),
+            since_ms: Some(0),
+        };
         assert_eq!(texts(q), ["four"]);
-        let q = LogQuery { tail: None, since_ms: Some(9999) };
+        let q = LogQuery {
+            tail: None,
+            since_ms: Some(9999),
+        };
         assert!(texts(q).is_empty());
     }
 

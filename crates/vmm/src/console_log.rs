@@ -94,7 +94,9 @@ pub fn start(dir: &Path, limits: ConsoleLimits) -> Result<Started, VmmError> {
     };
     // The file is opened (appending, it may hold an earlier boot) before the
     // fork, so errors are reported here.
-    state.open_existing().map_err(|e| io("cannot open console.log", e))?;
+    state
+        .open_existing()
+        .map_err(|e| io("cannot open console.log", e))?;
     let keep = [state.pipe, state.dir, state.file, pid_wr.as_raw_fd()];
     // SAFETY: the child branch below runs only async-signal-safe syscalls
     // (fork, setsid, close, read, write, openat, renameat, fstat,
@@ -103,7 +105,10 @@ pub fn start(dir: &Path, limits: ConsoleLimits) -> Result<Started, VmmError> {
     match unsafe { libc::fork() } {
         -1 => {
             state.close_file();
-            Err(io("cannot fork the console logger", std::io::Error::last_os_error()))
+            Err(io(
+                "cannot fork the console logger",
+                std::io::Error::last_os_error(),
+            ))
         }
         0 => {
             // SAFETY: see above; this is the child and never returns.
@@ -118,9 +123,8 @@ pub fn start(dir: &Path, limits: ConsoleLimits) -> Result<Started, VmmError> {
             unsafe { libc::waitpid(pid, &mut status, 0) };
             let mut buf = [0u8; 4];
             let mut f = std::fs::File::from(pid_rd);
-            std::io::Read::read_exact(&mut f, &mut buf).map_err(|e| {
-                io("the console logger did not start", e)
-            })?;
+            std::io::Read::read_exact(&mut f, &mut buf)
+                .map_err(|e| io("the console logger did not start", e))?;
             Ok(Started {
                 pipe: wr,
                 pid: u32::from_ne_bytes(buf),
@@ -323,13 +327,8 @@ impl Logger {
     fn run(&mut self) {
         loop {
             // SAFETY: reading into our own buffer of that length.
-            let n = unsafe {
-                libc::read(
-                    self.pipe,
-                    self.inbuf.as_mut_ptr().cast(),
-                    self.inbuf.len(),
-                )
-            };
+            let n =
+                unsafe { libc::read(self.pipe, self.inbuf.as_mut_ptr().cast(), self.inbuf.len()) };
             if n == 0 {
                 return;
             }
@@ -359,7 +358,10 @@ impl Logger {
             let chunk = &self.outbuf[from..len];
             let over = self.limit.saturating_sub(self.written) as usize;
             let cut = if self.written + chunk.len() as u64 >= self.limit {
-                match chunk[over.min(chunk.len())..].iter().position(|&b| b == b'\n') {
+                match chunk[over.min(chunk.len())..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                {
                     Some(i) => Some(over.min(chunk.len()) + i + 1),
                     None if self.written + chunk.len() as u64 >= self.limit + LINE_SLACK => {
                         Some(chunk.len())
@@ -384,7 +386,8 @@ impl Logger {
         }
         while off < end {
             // SAFETY: writing from our buffer within its length.
-            let w = unsafe { libc::write(self.file, self.outbuf[off..end].as_ptr().cast(), end - off) };
+            let w =
+                unsafe { libc::write(self.file, self.outbuf[off..end].as_ptr().cast(), end - off) };
             if w < 0 {
                 if errno() == libc::EINTR {
                     continue;
@@ -509,7 +512,10 @@ mod tests {
     fn wait_gone(pid: u32) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while crate::process::read_stat(pid).is_some_and(|s| s.state != 'Z') {
-            assert!(std::time::Instant::now() < deadline, "logger {pid} did not exit at EOF");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "logger {pid} did not exit at EOF"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
@@ -527,7 +533,10 @@ mod tests {
         let mut out = vec![0u8; 64 * (STAMP_LEN + 1)];
         let n = stamp_lines(b"ab\ncd", 0, &mut at, &mut out);
         let s = String::from_utf8(out[..n].to_vec()).unwrap();
-        assert_eq!(s, "1970-01-01T00:00:00.000Z ab\n1970-01-01T00:00:00.000Z cd");
+        assert_eq!(
+            s,
+            "1970-01-01T00:00:00.000Z ab\n1970-01-01T00:00:00.000Z cd"
+        );
         assert!(!at);
         let n = stamp_lines(b"e\n\n", 1000, &mut at, &mut out);
         let s = String::from_utf8(out[..n].to_vec()).unwrap();
@@ -552,10 +561,17 @@ mod tests {
         wait_gone(pid);
         let cur_t = std::fs::read_to_string(&cur).unwrap();
         let old_t = std::fs::read_to_string(&old).unwrap();
-        assert!(cur_t.contains("line 00199"), "the newest line is in console.log");
+        assert!(
+            cur_t.contains("line 00199"),
+            "the newest line is in console.log"
+        );
         let per_line = STAMP_LEN as u64 + 1012;
         for t in [&cur_t, &old_t] {
-            assert!(t.len() as u64 <= limit + per_line, "file over the limit: {}", t.len());
+            assert!(
+                t.len() as u64 <= limit + per_line,
+                "file over the limit: {}",
+                t.len()
+            );
         }
         assert!(old_t.len() as u64 >= limit, "rotated only once full");
         assert!(!old_t.contains("line 00000"), "old lines were dropped");
@@ -588,6 +604,9 @@ mod tests {
         let cur = d.path().join(CONSOLE_LOG);
         assert!(std::fs::read_to_string(&cur).unwrap().ends_with(" hello\n"));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-        assert!(!std::fs::symlink_metadata(&cur).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(&cur)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

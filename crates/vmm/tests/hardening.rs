@@ -220,8 +220,14 @@ async fn jailed_process_runs_as_its_uid_and_sees_only_its_jail() {
                   if [ -e /proc/self ]; then echo has-proc; fi; \
                   if [ -e /dev/kvm ] && ! (exec 3<>/dev/kvm) 2>/dev/null; then echo kvm-denied; fi; \
                   echo done > /vm/done.txt; exec sleep 30";
-    let (mut child, id) = spawn_jailed(prepared, &["-c".into(), script.into()], log, &log_path, None)
-        .unwrap_or_else(|e| panic!("cannot start the jailed shell: {e:#?}"));
+    let (mut child, id) = spawn_jailed(
+        prepared,
+        &["-c".into(), script.into()],
+        log,
+        &log_path,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("cannot start the jailed shell: {e:#?}"));
     wait_for_file(&vm.join("done.txt"), 10).await;
     assert_runs_as(id.pid, SHELL_UID, "jailed shell");
     for ns in ["mnt", "ipc", "net"] {
@@ -287,7 +293,13 @@ async fn jail_setup_failure_names_the_failed_step() {
         .unwrap();
     let log_path = vm.join("sh.log");
     let log = dir.open_log(&log_path, SHELL_UID).unwrap();
-    match spawn_jailed(prepared, &["-c".into(), "true".into()], log, &log_path, None) {
+    match spawn_jailed(
+        prepared,
+        &["-c".into(), "true".into()],
+        log,
+        &log_path,
+        None,
+    ) {
         Err(hearth_vmm::VmmError::JailSetup { step, .. }) => {
             assert_eq!(step, "mount the tmpfs root")
         }

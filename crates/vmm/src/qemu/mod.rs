@@ -241,7 +241,7 @@ impl QemuFactory {
         };
         // The serial console goes through a pipe to the logger, which bounds
         // and rotates console.log; it exits when QEMU does.
-        let spawned = crate::console_log::start(&dir, cfg.console).and_then(|logger| {
+        let spawned = crate::console_log::start(dir, cfg.console).and_then(|logger| {
             tracing::debug!(id = %cfg.id, pid = logger.pid, "console logger started");
             let serial = Some(logger.pipe);
             match &jail {

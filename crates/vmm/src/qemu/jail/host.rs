@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::{paths, JailSpec, PreparedJail, Source};
 use crate::error::VmmError;
-use crate::qemu::cmdline::Serial;
 use crate::process::ProcessId;
+use crate::qemu::cmdline::Serial;
 use crate::qemu::cmdline::{Drive, QemuArgs};
 use crate::qemu::Accel;
 use crate::sandbox::{Network, SandboxConfig};
