@@ -13,6 +13,10 @@
 //!   [`oneshot`] is the collected `EXEC` variant.
 //! - [`lifecycle`]: ending sessions (connection closed, shutdown, broken
 //!   input) and the agent-wide list of them.
+//! - PTY and background processes: [`pty`] (the terminal pair),
+//!   [`pty_session`] (foreground pty exec), [`detach`] (background start),
+//!   [`procs`] (the process table and the runner filling each [`ring`]),
+//!   [`follow`] (ring → connection), [`attach`], [`process_ops`] (list, kill).
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
@@ -21,19 +25,27 @@
 //! accepting, sends TERM to every session's process group, KILLs what is left
 //! after [`SHUTDOWN_GRACE`], and exits 0.
 
+mod attach;
 mod conn;
 #[cfg(test)]
 mod conn_tests;
 mod credit;
+mod detach;
 mod exec;
 mod file_read;
 mod file_write;
 mod files;
+mod follow;
 mod input;
 mod lifecycle;
 mod listen;
 mod oneshot;
 mod outbuf;
+mod process_ops;
+mod procs;
+mod pty;
+mod pty_session;
+mod ring;
 mod routes;
 mod session;
 mod spawn;
@@ -135,6 +147,8 @@ pub struct Shared {
     /// Input credit granted per stream that asks for it.
     pub input_window: u32,
     pub sessions: Arc<Sessions>,
+    /// Background processes (`ExecStart.detach`).
+    pub procs: procs::Procs,
     shutdown: Notify,
 }
 
@@ -149,6 +163,7 @@ impl Shared {
             input_window,
             ready,
             sessions: Arc::new(Sessions::default()),
+            procs: procs::Procs::default(),
             shutdown: Notify::new(),
         })
     }
@@ -223,6 +238,8 @@ fn all_capabilities() -> u64 {
         C::Shutdown,
         C::FlowControl,
         C::InputFlowControl,
+        C::Pty,
+        C::Background,
     ]
     .into_iter()
     .map(capability_bit)
@@ -410,6 +427,11 @@ mod tests {
 
     #[test]
     fn capabilities_cover_every_value() {
-        assert_eq!(all_capabilities(), 0b111_1111);
+        // Every value of the enum, whatever other features add.
+        let every = (0..64)
+            .filter_map(|v| pb::Capability::try_from(v).ok())
+            .map(capability_bit)
+            .fold(0, |a, b| a | b);
+        assert_eq!(all_capabilities(), every);
     }
 }
