@@ -113,3 +113,8 @@ pub async fn runtime(state_dir_flag: Option<PathBuf>) -> anyhow::Result<Runtime>
         .await
         .with_context(|| format!("cannot open the hearth state in {}", dir.display()))
 }
+
+/// `TERM` of the local terminal, for a remote pty (`xterm` when unset).
+pub fn local_term() -> String {
+    var("TERM").unwrap_or_else(|| "xterm".to_string())
+}
