@@ -137,7 +137,7 @@ pub async fn run(mut remote: Remote, opts: Opts) -> anyhow::Result<End> {
             _ = term.recv() => break End::Signal(libc::SIGTERM),
             _ = hup.recv() => break End::Signal(libc::SIGHUP),
             _ = int.recv() => break End::Signal(libc::SIGINT),
-            _ = detach_rx.recv() => break End::Detached,
+            Some(()) = detach_rx.recv() => break End::Detached,
             _ = winch.recv() => {
                 if opts.tty {
                     if let Some((rows, cols)) = tty::size() {
@@ -153,7 +153,10 @@ pub async fn run(mut remote: Remote, opts: Opts) -> anyhow::Result<End> {
             None => anyhow::bail!("the remote session ended without an exit status"),
             Some(Ev::Out(d)) => {
                 let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&d).and_then(|_| o.flush());
+                if o.write_all(&d).and_then(|_| o.flush()).is_err() {
+                    // Our reader went away (e.g. `| head`): end as a pipe writer would.
+                    break End::Signal(libc::SIGPIPE);
+                }
             }
             Some(Ev::Err(d)) => {
                 let mut e = std::io::stderr().lock();

@@ -215,3 +215,19 @@ async fn pty_output_follows_flow_control_without_loss() {
     }
     assert_eq!(n, 2_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_right_after_the_start_is_not_lost() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    for _ in 0..5 {
+        let mut h = start(&c, &["/bin/sh", "-c", "read x; stty size"], 24, 80).await;
+        // No wait for EXEC_STARTED: the agent must already know the session.
+        h.control().resize(12, 34).await.unwrap();
+        h.write_stdin(Bytes::from_static(b"\n")).await.unwrap();
+        let mut seen = Vec::new();
+        until(&mut h, &mut seen, "12 34\r\n").await;
+        let x = exit(&mut h).await;
+        assert_eq!(exit_code(x.outcome.as_ref()), 0, "{x:?}");
+    }
+}

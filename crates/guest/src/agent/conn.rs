@@ -319,7 +319,7 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
             input_window: req.input_credit.then_some(cx.shared.input_window as u64),
             chunk_max: chunk_max(writer.max_frame_len()),
         };
-        tokio::spawn(pty_session::start(
+        pty_session::start(
             req,
             seq,
             writer.clone(),
@@ -327,7 +327,7 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
             registered,
             ctl,
             params,
-        ));
+        );
         return;
     }
     let spawned = exec::prepare(

@@ -31,7 +31,10 @@ pub struct Params {
 }
 
 /// Starts the session (the caller checked the seq and registered `ctl`).
-pub async fn start(
+/// The child is spawned and the route listed before this returns, so stream
+/// frames the host sends right after `EXEC_START` (a `PTY_RESIZE`, stdin)
+/// find it; the rest runs in its own task.
+pub fn start(
     req: pb::ExecStart,
     seq: u32,
     writer: Writer,
@@ -50,7 +53,10 @@ pub async fn start(
                 }),
                 ..Default::default()
             });
-            let _ = writer.send_data(seq, &exit).await;
+            tokio::spawn(async move {
+                let _registered = registered;
+                let _ = writer.send_data(seq, &exit).await;
+            });
             return;
         }
     };
@@ -76,6 +82,24 @@ pub async fn start(
             pty: s.master.clone(),
         },
     );
+    tokio::spawn(run(req, seq, writer, routes, registered, ctl, params, proc, s, credit, input));
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    req: pb::ExecStart,
+    seq: u32,
+    writer: Writer,
+    routes: Routes,
+    registered: Registered,
+    ctl: Arc<Ctl>,
+    params: Params,
+    proc: Arc<Proc>,
+    s: detach::Started,
+    credit: Arc<Credit>,
+    input: Option<Arc<Input>>,
+) {
+    let pid = proc.pid;
     let started = Message::ExecStarted(pb::ExecStarted { pid: pid as u32 });
     let _ = writer.send(seq, &started).await;
     let feed = stdin::spawn(
