@@ -130,7 +130,8 @@ fn vm_shell_is_a_real_terminal_and_leaves_it_sane() {
     let step = Duration::from_secs(30);
     // A shell with line editing may drop what was typed before its prompt.
     t.wait("the shell prompt", boot, |s| {
-        s.lines().any(|l| l.trim_end().ends_with('#') || l.trim_end().ends_with('$'))
+        s.lines()
+            .any(|l| l.trim_end().ends_with('#') || l.trim_end().ends_with('$'))
     });
     t.line("echo hi-$((6*7)) TERM=$TERM");
     t.wait_for("hi-42 TERM=screen", step);
@@ -154,7 +155,11 @@ fn vm_shell_is_a_real_terminal_and_leaves_it_sane() {
     t.keys(&["C-c"]);
     let t0 = Instant::now();
     while running().trim() != "0" {
-        assert!(t0.elapsed() < step, "Ctrl-C did not stop sleep:\n{}", t.screen());
+        assert!(
+            t0.elapsed() < step,
+            "Ctrl-C did not stop sleep:\n{}",
+            t.screen()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     t.line("echo after-$((2+3))");

@@ -76,7 +76,11 @@ async fn run(agent: PathBuf, n: usize) -> Result<(), Box<dyn std::error::Error>>
     // Attach → first replayed byte.
     let pid = match c
         .exec_detached(pb::ExecStart {
-            argv: vec!["/bin/sh".into(), "-c".into(), "echo ready; exec sleep 1000".into()],
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo ready; exec sleep 1000".into(),
+            ],
             ..Default::default()
         })
         .await?
@@ -106,7 +110,11 @@ async fn run(agent: PathBuf, n: usize) -> Result<(), Box<dyn std::error::Error>>
     // Keystroke echo through a pty and cat.
     let mut h = c
         .exec_stream(pb::ExecStart {
-            argv: vec!["/bin/sh".into(), "-c".into(), "stty raw -echo; echo go; exec cat".into()],
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "stty raw -echo; echo go; exec cat".into(),
+            ],
             stdin_open: true,
             pty: Some(pb::PtySpec::default()),
             ..Default::default()
@@ -135,7 +143,10 @@ async fn run(agent: PathBuf, n: usize) -> Result<(), Box<dyn std::error::Error>>
     let echo = median(echo);
     h.signal(9).await;
 
-    println!("{:<34} {:>12} {:>14} {:>7}", "figure (median)", "value", "ping baseline", "ratio");
+    println!(
+        "{:<34} {:>12} {:>14} {:>7}",
+        "figure (median)", "value", "ping baseline", "ratio"
+    );
     for (name, v) in [
         ("attach → first replayed byte", attach),
         ("pty keystroke echo (cat)", echo),

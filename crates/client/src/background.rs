@@ -14,7 +14,9 @@ use crate::exec::{ExecHandle, DEFAULT_EXEC_WINDOW};
 /// How a detached start ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Detached {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// It never ran (the `EXEC_EXIT` with `never_started`).
     NeverStarted(pb::ExecExit),
 }

@@ -45,7 +45,10 @@ async fn wait_exited(c: &Client, pid: u32) -> pb::ProcessInfo {
         if i.state == pb::ProcessState::Exited as i32 {
             return i;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "{pid} still running: {i:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{pid} still running: {i:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -69,7 +72,11 @@ async fn drain(h: &mut ExecHandle) -> (Vec<u8>, u64, pb::ExecExit) {
 fn lines(out: &[u8]) -> Vec<u64> {
     String::from_utf8_lossy(out)
         .lines()
-        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("bad line {l:?}")))
+        .map(|l| {
+            l.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad line {l:?}"))
+        })
         .collect()
 }
 
@@ -81,7 +88,10 @@ async fn detached_survives_connection_close_and_is_killed_by_tag() {
     drop(c);
     // Longer than the grace a closed connection gives its sessions.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(common::alive(pid), "the detached process died with its connection");
+    assert!(
+        common::alive(pid),
+        "the detached process died with its connection"
+    );
     let c = agent.client().await;
     let i = info(&c, pid).await;
     assert_eq!(i.tag, "sleeper");
@@ -156,7 +166,13 @@ async fn attach_replays_then_follows_without_gap_or_repeat() {
 async fn ring_overflow_reports_the_exact_dropped_count() {
     let agent = Agent::start();
     let c = agent.client().await;
-    let pid = detach(&c, "head -c 5000 /dev/zero | tr '\\0' a; echo; exit 7", "", 1024).await;
+    let pid = detach(
+        &c,
+        "head -c 5000 /dev/zero | tr '\\0' a; echo; exit 7",
+        "",
+        1024,
+    )
+    .await;
     let i = wait_exited(&c, pid).await;
     assert_eq!(i.output_bytes, 5001);
     assert_eq!(i.retained_from, 5001 - 1024);
@@ -207,14 +223,22 @@ async fn a_slow_attacher_sees_the_offset_jump_over_what_was_overwritten() {
     )
     .await;
     let (_, m) = raw.msg().await;
-    assert!(matches!(m, Message::Attached(ref a) if a.offset == 0 && a.dropped == 0), "{m:?}");
+    assert!(
+        matches!(m, Message::Attached(ref a) if a.offset == 0 && a.dropped == 0),
+        "{m:?}"
+    );
     let (_, m) = raw.msg().await;
-    let Message::ExecStdout(first) = m else { panic!("{m:?}") };
+    let Message::ExecStdout(first) = m else {
+        panic!("{m:?}")
+    };
     assert_eq!((first.offset, first.data.len()), (0, 1000));
     std::fs::write(&flag, b"").unwrap();
     wait_exited(&c, pid).await;
-    raw.send_msg(Message::WindowUpdate(pb::WindowUpdate { bytes: 1 << 20 }), 9)
-        .await;
+    raw.send_msg(
+        Message::WindowUpdate(pb::WindowUpdate { bytes: 1 << 20 }),
+        9,
+    )
+    .await;
     // 8000 written, 4096 kept: the next chunk starts at 3904.
     let (mut got, mut next) = (Vec::new(), None);
     loop {
@@ -258,7 +282,11 @@ async fn bad_targets_and_duplicate_tags_are_refused_by_name() {
         .await
         .expect_err("a duplicate tag");
     assert_eq!(e.remote_code(), Some(pb::ErrorCode::AlreadyExists), "{e}");
-    assert!(e.to_string().contains(&format!("\"web\" is already used by running process {pid}")), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("\"web\" is already used by running process {pid}")),
+        "{e}"
+    );
     // A bad value is refused with it, and the agent serves on.
     let e = c
         .exec_detached(pb::ExecStart {
@@ -297,10 +325,15 @@ async fn a_detached_pty_process_takes_input_through_an_attach() {
         Detached::Started { pid } => pid,
         other => panic!("{other:?}"),
     };
-    let mut a = c.attach(&ProcessRef::Tag("ask".into()), None).await.unwrap();
+    let mut a = c
+        .attach(&ProcessRef::Tag("ask".into()), None)
+        .await
+        .unwrap();
     assert!(a.attached().unwrap().pty);
     a.control().resize(33, 44).await.unwrap();
-    a.write_stdin(bytes::Bytes::from_static(b"hi\n")).await.unwrap();
+    a.write_stdin(bytes::Bytes::from_static(b"hi\n"))
+        .await
+        .unwrap();
     let (out, _, x) = drain(&mut a).await;
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("got:hi\r\n"), "{out:?}");

@@ -64,11 +64,19 @@ async fn start(c: &hearth_client::Client, argv: &[&str], rows: u32, cols: u32) -
 async fn pty_echoes_input_and_sets_term() {
     let agent = Agent::start();
     let c = agent.client().await;
-    let mut h = start(&c, &["/bin/sh", "-c", "echo TERM=$TERM; tty; exec cat"], 24, 80).await;
+    let mut h = start(
+        &c,
+        &["/bin/sh", "-c", "echo TERM=$TERM; tty; exec cat"],
+        24,
+        80,
+    )
+    .await;
     let mut seen = Vec::new();
     until(&mut h, &mut seen, "TERM=xterm-256color").await;
     until(&mut h, &mut seen, "/dev/pts/").await;
-    h.write_stdin(Bytes::from_static(b"hello pty\n")).await.unwrap();
+    h.write_stdin(Bytes::from_static(b"hello pty\n"))
+        .await
+        .unwrap();
     // Once echoed by the terminal, once written back by cat; a terminal
     // ends lines with CR LF.
     until(&mut h, &mut seen, "hello pty\r\nhello pty\r\n").await;
@@ -82,7 +90,13 @@ async fn pty_echoes_input_and_sets_term() {
 async fn stty_size_follows_resize() {
     let agent = Agent::start();
     let c = agent.client().await;
-    let mut h = start(&c, &["/bin/sh", "-c", "stty size; read x; stty size"], 30, 90).await;
+    let mut h = start(
+        &c,
+        &["/bin/sh", "-c", "stty size; read x; stty size"],
+        30,
+        90,
+    )
+    .await;
     let mut seen = Vec::new();
     until(&mut h, &mut seen, "30 90\r\n").await;
     h.control().resize(41, 123).await.expect("resize");
@@ -121,13 +135,18 @@ async fn ctrl_c_byte_interrupts_the_foreground_job() {
         Some(ExecEvent::Started { pid }) => pid,
         other => panic!("expected Started, got {other:?}"),
     };
-    h.write_stdin(Bytes::from_static(b"sleep 1000\n")).await.unwrap();
+    h.write_stdin(Bytes::from_static(b"sleep 1000\n"))
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let sleep = loop {
         if let Some(&p) = sleeps_of(pid).first() {
             break p;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "sleep 1000 never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "sleep 1000 never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     h.write_stdin(Bytes::from_static(&[0x03])).await.unwrap();
@@ -136,10 +155,14 @@ async fn ctrl_c_byte_interrupts_the_foreground_job() {
         "Ctrl-C did not end sleep {sleep}"
     );
     // The shell itself survived and still takes commands.
-    h.write_stdin(Bytes::from_static(b"echo back$((40+2))\n")).await.unwrap();
+    h.write_stdin(Bytes::from_static(b"echo back$((40+2))\n"))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     until(&mut h, &mut seen, "back42").await;
-    h.write_stdin(Bytes::from_static(b"exit 5\n")).await.unwrap();
+    h.write_stdin(Bytes::from_static(b"exit 5\n"))
+        .await
+        .unwrap();
     let x = exit(&mut h).await;
     assert_eq!(exit_code(x.outcome.as_ref()), 5, "{x:?}");
 }

@@ -52,10 +52,14 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
         return Err(format!("tag is {} bytes, over {MAX_TAG_LEN}", tag.len()));
     }
     if tag.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("tag {tag:?} contains whitespace or a control character"));
+        return Err(format!(
+            "tag {tag:?} contains whitespace or a control character"
+        ));
     }
     if tag.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("tag {tag:?} is all digits (it would read as a pid)"));
+        return Err(format!(
+            "tag {tag:?} is all digits (it would read as a pid)"
+        ));
     }
     Ok(())
 }
@@ -133,7 +137,10 @@ mod tests {
             tag: String::new(),
             signal: 99,
         };
-        let e = Message::ProcessKill(sig).validate().unwrap_err().to_string();
+        let e = Message::ProcessKill(sig)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("99"), "{e}");
     }
 

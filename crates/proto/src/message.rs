@@ -171,8 +171,12 @@ impl Message {
                 validate_argv(&m.argv).or_else(invalid)?;
                 crate::background::validate_start(m).or_else(invalid)
             }
-            Message::PtyResize(m) => crate::background::validate_size(m.rows, m.cols).or_else(invalid),
-            Message::Attach(m) => crate::background::validate_target(m.pid, &m.tag).or_else(invalid),
+            Message::PtyResize(m) => {
+                crate::background::validate_size(m.rows, m.cols).or_else(invalid)
+            }
+            Message::Attach(m) => {
+                crate::background::validate_target(m.pid, &m.tag).or_else(invalid)
+            }
             Message::ProcessKill(m) => {
                 crate::background::validate_target(m.pid, &m.tag).or_else(invalid)?;
                 if !SIGNAL_RANGE.contains(&m.signal) {

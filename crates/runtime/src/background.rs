@@ -4,8 +4,8 @@
 //! where a ring buffer overwrote bytes), and [`PtySize`] asks for a terminal.
 
 use bytes::Bytes;
-use hearth_client::{pb, Detached, ExecControl, ExecEvent, ExecHandle};
 pub use hearth_client::ProcessRef;
+use hearth_client::{pb, Detached, ExecControl, ExecEvent, ExecHandle};
 
 use crate::agent::Agent;
 use crate::error::{Error, Result};
@@ -163,7 +163,10 @@ impl AttachStream {
             Some(ExecEvent::Stderr(b)) => AttachEvent::Stderr(b),
             Some(ExecEvent::Exit(x)) => return Ok(Some(AttachEvent::Exit(ExecExit::from_pb(&x)))),
             Some(ExecEvent::Started { .. }) => {
-                return Err(Error::Internal(format!("{}: a second ATTACHED", self.label)))
+                return Err(Error::Internal(format!(
+                    "{}: a second ATTACHED",
+                    self.label
+                )))
             }
             None => return Ok(None),
         };
@@ -205,7 +208,10 @@ impl Agent {
                 Outcome::from_pb(x.outcome.as_ref())
             ))),
             Err(e) => Err(Error::agent(
-                format!("{label}: cannot start {:?} in the background", spec.exec.argv[0]),
+                format!(
+                    "{label}: cannot start {:?} in the background",
+                    spec.exec.argv[0]
+                ),
                 e,
             )),
         }
@@ -220,7 +226,11 @@ impl Agent {
         Ok(v.into_iter().map(ProcessInfo::from_pb).collect())
     }
 
-    pub async fn attach(&self, target: &ProcessRef, from_offset: Option<u64>) -> Result<AttachStream> {
+    pub async fn attach(
+        &self,
+        target: &ProcessRef,
+        from_offset: Option<u64>,
+    ) -> Result<AttachStream> {
         let handle = self
             .client()
             .attach(target, from_offset)

@@ -209,7 +209,11 @@ impl Sandbox {
     }
 
     /// Follows a background process's output (retained, then live).
-    pub async fn attach(&self, target: &ProcessRef, from_offset: Option<u64>) -> Result<AttachStream> {
+    pub async fn attach(
+        &self,
+        target: &ProcessRef,
+        from_offset: Option<u64>,
+    ) -> Result<AttachStream> {
         self.call(async |a| a.attach(target, from_offset).await)
             .await
     }

@@ -217,7 +217,9 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         Message::Shutdown(s) => shutdown(s, seq, cx).await,
         Message::PtyResize(r) => cx.streams.pty_resize(seq, r).await,
         Message::ProcessList(_) => reply(writer, seq, process_ops::list(&cx.shared.procs)).await,
-        Message::ProcessKill(k) => reply(writer, seq, process_ops::kill(&cx.shared.procs, &k)).await,
+        Message::ProcessKill(k) => {
+            reply(writer, seq, process_ops::kill(&cx.shared.procs, &k)).await
+        }
         Message::Attach(req) => start_attach(req, seq, cx).await,
         other @ (Message::Ready(_)
         | Message::Pong(_)

@@ -8,7 +8,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hearth_proto::background::DEFAULT_BUFFER_BYTES;
 use hearth_proto::message::error;
 use hearth_proto::{pb, Message};
@@ -133,7 +132,10 @@ pub async fn start(req: pb::ExecStart, seq: u32, writer: &Writer, shared: &Arc<S
             (Some(fd), first)
         }
         (Some(fd), false) => (None, Some(fd)),
-        (None, _) => (None, s.master.as_ref().and_then(|m| pty::dup(m.as_ref()).ok())),
+        (None, _) => (
+            None,
+            s.master.as_ref().and_then(|m| pty::dup(m.as_ref()).ok()),
+        ),
     };
     let proc = Proc::new(
         s.pid,
@@ -161,19 +163,14 @@ pub async fn start(req: pb::ExecStart, seq: u32, writer: &Writer, shared: &Arc<S
         return;
     }
     if !req.stdin.is_empty() {
-        if let Some(t) = stdin::spawn(first_stdin, Bytes::from(req.stdin.clone()), None, None) {
+        if let Some(t) = stdin::spawn(first_stdin, req.stdin.clone(), None, None) {
             drop(t);
         }
     }
     let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
     tracing::debug!(seq, pid = s.pid, tag = %req.tag, "background process started");
     tokio::spawn(procs::run(
-        proc,
-        s.pidfd,
-        s.output,
-        s.started,
-        timeout,
-        registered,
+        proc, s.pidfd, s.output, s.started, timeout, registered,
     ));
     let started = Message::ExecStarted(pb::ExecStarted { pid: s.pid as u32 });
     let _ = writer.send(seq, &started).await;

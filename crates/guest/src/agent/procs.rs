@@ -273,9 +273,7 @@ impl Procs {
             Target::Tag(tag) => !tag.is_empty() && p.tag == *tag,
         };
         let running = list.iter().filter(hit).find(|p| p.running());
-        running
-            .or_else(|| list.iter().filter(hit).next_back())
-            .cloned()
+        running.or_else(|| list.iter().rfind(hit)).cloned()
     }
 
     /// Everything listed, by pid.

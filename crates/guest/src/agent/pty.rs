@@ -84,7 +84,12 @@ fn open_pair(rows: u32, cols: u32) -> io::Result<(OwnedFd, OwnedFd)> {
         return Err(io::Error::from_raw_os_error(r));
     }
     // SAFETY: `name` is NUL-terminated (ptsname_r succeeded).
-    let s = unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let s = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
     if s < 0 {
         return Err(io::Error::last_os_error());
     }

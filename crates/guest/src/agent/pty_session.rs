@@ -82,7 +82,9 @@ pub fn start(
             pty: s.master.clone(),
         },
     );
-    tokio::spawn(run(req, seq, writer, routes, registered, ctl, params, proc, s, credit, input));
+    tokio::spawn(run(
+        req, seq, writer, routes, registered, ctl, params, proc, s, credit, input,
+    ));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -242,13 +242,18 @@ impl StreamFrames {
                 format!("seq {seq} has no pty to resize"),
                 0,
             )),
-            Some(fd) => super::pty::resize(fd.as_ref(), r.rows, r.cols).err().map(|e| {
-                error(
-                    pb::ErrorCode::Io,
-                    format!("resizing the pty of seq {seq}: {}", hearth_proto::os_error_text(&e)),
-                    e.raw_os_error().unwrap_or(0),
-                )
-            }),
+            Some(fd) => super::pty::resize(fd.as_ref(), r.rows, r.cols)
+                .err()
+                .map(|e| {
+                    error(
+                        pb::ErrorCode::Io,
+                        format!(
+                            "resizing the pty of seq {seq}: {}",
+                            hearth_proto::os_error_text(&e)
+                        ),
+                        e.raw_os_error().unwrap_or(0),
+                    )
+                }),
         };
         if let Some(err) = failed {
             ctl.report(err);

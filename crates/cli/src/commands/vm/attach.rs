@@ -53,7 +53,10 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
         }
         End::Signal(sig) => 128 + sig,
         End::Detached => {
-            eprintln!("[hearth: detached from process {}; it keeps running]", at.pid);
+            eprintln!(
+                "[hearth: detached from process {}; it keeps running]",
+                at.pid
+            );
             0
         }
     })

@@ -42,7 +42,11 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         "STOP" => libc::SIGSTOP,
         "TSTP" => libc::SIGTSTP,
         "WINCH" => libc::SIGWINCH,
-        _ => return Err(format!("unknown signal {s:?} (use a name like TERM or a number)")),
+        _ => {
+            return Err(format!(
+                "unknown signal {s:?} (use a name like TERM or a number)"
+            ))
+        }
     })
 }
 
