@@ -254,3 +254,33 @@ async fn a_resize_right_after_the_start_is_not_lost() {
         assert_eq!(exit_code(x.outcome.as_ref()), 0, "{x:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_session_ends_with_its_connection() {
+    use hearth_proto::Message;
+    let agent = Agent::start();
+    // Raw frames: the connection closes without any kill from a client.
+    let mut raw = common::Raw::connect(&agent).await;
+    raw.send_msg(
+        Message::ExecStart(pb::ExecStart {
+            argv: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1000".into()],
+            pty: pty(24, 80),
+            ..Default::default()
+        }),
+        3,
+    )
+    .await;
+    let pid = match raw.msg().await {
+        (3, Message::ExecStarted(s)) => s.pid,
+        other => panic!("expected EXEC_STARTED, got {other:?}"),
+    };
+    assert!(common::alive(pid));
+    drop(raw);
+    assert!(
+        common::gone_within(pid, Duration::from_secs(10)).await,
+        "the pty session outlived its connection"
+    );
+    // Foreground sessions are not listed as background processes.
+    let c = agent.client().await;
+    assert!(c.processes().await.unwrap().is_empty());
+}
