@@ -103,8 +103,8 @@ impl Drop for Tmux {
 
 /// A script that runs `hearth ARGS` with the test's environment, then shows
 /// its exit code and the terminal's settings, and stays open.
-fn shell_script(env: &Env, args: &str) -> std::path::PathBuf {
-    let p = env.state().join("term.sh");
+fn shell_script(env: &Env, name: &str, args: &str) -> std::path::PathBuf {
+    let p = env.state().join(name);
     let mut f = std::fs::File::create(&p).unwrap();
     writeln!(
         f,
@@ -124,7 +124,7 @@ fn vm_shell_is_a_real_terminal_and_leaves_it_sane() {
     let _g = vm_lock();
     let env = Env::new();
     let id = env.create(&[]);
-    let script = shell_script(&env, &format!("vm shell --vm {id}"));
+    let script = shell_script(&env, "term.sh", &format!("vm shell --vm {id}"));
     let t = Tmux::start("shell", &script, 30, 100);
     let boot = Duration::from_secs(60);
     let step = Duration::from_secs(30);
@@ -181,6 +181,45 @@ fn vm_shell_is_a_real_terminal_and_leaves_it_sane() {
         !flags.contains(&"-icanon") && !flags.contains(&"-echo"),
         "the terminal was left raw: {flags:?}"
     );
+    drop(t);
+    // SIGTERM to hearth while the terminal is raw: restored, exit 128+15.
+    let dir = env.state().display().to_string();
+    let script = shell_script(
+        &env,
+        "term2.sh",
+        &format!("--state-dir {dir} vm shell --vm {id}"),
+    );
+    let t = Tmux::start("shell-term", &script, 30, 100);
+    t.wait("the shell prompt", step, |s| {
+        s.lines()
+            .any(|l| l.trim_end().ends_with('#') || l.trim_end().ends_with('$'))
+    });
+    let pid = hearth_pid(&dir).expect("the hearth vm shell process");
+    // SAFETY: kill(2) on the pid of the hearth process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let s = t.wait_for("STTY_END", step);
+    assert!(s.contains("HEARTH_EXIT=143"), "{s}");
+    let flags = s.lines().find(|l| l.contains("STTY_END")).unwrap();
+    assert!(
+        flags.split_whitespace().any(|f| f == "icanon")
+            && flags.split_whitespace().any(|f| f == "echo"),
+        "SIGTERM left the terminal raw: {flags}"
+    );
+}
+
+/// The pid of the `hearth --state-dir DIR vm shell` process.
+fn hearth_pid(dir: &str) -> Option<i32> {
+    let want = format!(
+        "{}\0--state-dir\0{dir}\0vm\0shell",
+        env!("CARGO_BIN_EXE_hearth")
+    );
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .starts_with(&want)
+            .then_some(pid)
+    })
 }
 
 /// Lines of `out` as numbers; panics on anything else.
