@@ -14,6 +14,7 @@
 //! | `HEARTH_ACCEL` | `kvm`, `tcg` or `auto` |
 //! | `HEARTH_MEM_OVERCOMMIT`, `HEARTH_CPU_OVERCOMMIT` | admission ratios |
 //! | `HEARTH_JAIL` | `0` runs VMMs unjailed even as root |
+//! | `TERM` | the remote `TERM` of `vm shell` / `vm exec -t` (default `xterm`) |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -32,7 +32,7 @@ pub struct Args {
     /// Print one JSON object per VM instead of streaming output.
     #[arg(long)]
     pub json: bool,
-    /// Keep stdin open and forward ours.
+    /// Keep stdin open and forward ours (with --detach: a stdin for `vm attach`).
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// Run on a pseudo-terminal, our terminal in raw mode (needs a terminal on stdin).

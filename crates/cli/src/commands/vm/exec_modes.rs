@@ -47,10 +47,9 @@ pub async fn run(rt: &Runtime, a: &Args) -> anyhow::Result<i32> {
     let mut spec = ExecSpec::shell(cmd);
     spec.timeout = a.timeout;
     if a.detach {
-        if a.interactive {
-            bail!("--detach cannot be combined with -i (attach with `hearth vm attach` instead)");
-        }
-        spec.stdin_open = true;
+        // -i keeps a stdin that attachers write to; without it the process
+        // reads end of file (a pty process always takes input).
+        spec.stdin_open = a.interactive;
         if a.tty {
             spec.pty = Some(pty_size());
         }
