@@ -15,6 +15,7 @@
 //! | `HEARTH_MEM_OVERCOMMIT`, `HEARTH_CPU_OVERCOMMIT` | admission ratios |
 //! | `HEARTH_JAIL` | `0` runs VMMs unjailed even as root |
 //! | `HEARTH_CONSOLE_LOG_BYTES` | size of one console log file (two are kept; default 1 MiB) |
+//! | `TERM` | the remote `TERM` of `vm shell` / `vm exec -t` (default `xterm`) |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,4 +121,9 @@ pub async fn runtime(state_dir_flag: Option<PathBuf>) -> anyhow::Result<Runtime>
     Runtime::open(c)
         .await
         .with_context(|| format!("cannot open the hearth state in {}", dir.display()))
+}
+
+/// `TERM` of the local terminal, for a remote pty (`xterm` when unset).
+pub fn local_term() -> String {
+    var("TERM").unwrap_or_else(|| "xterm".to_string())
 }

@@ -16,8 +16,10 @@
 mod commands;
 mod edge;
 mod exec_io;
+mod interactive;
 mod logging;
 mod progress;
+mod tty;
 
 use clap::{Parser, Subcommand};
 

@@ -209,6 +209,10 @@ impl Routes {
                 *started = true;
                 false
             }
+            (Ok(Message::Attached(_)), StreamKind::Exec { started }) => {
+                *started = true;
+                false
+            }
             (Ok(Message::ExecExit(_)), StreamKind::Exec { .. }) => true,
             (Ok(Message::Error(_)), StreamKind::Exec { started }) => !*started,
             (Ok(Message::Error(_)), StreamKind::Read | StreamKind::Write) => true,

@@ -206,6 +206,7 @@ async fn output_beyond_granted_credit_fails_the_session() {
         let chunk = Message::ExecStdout(pb::OutputChunk {
             index: i,
             data: Bytes::from(vec![0u8; 600 * 1024]),
+            ..Default::default()
         })
         .into_frame(start.seq);
         b.write_all(&chunk.to_bytes(u32::MAX).unwrap())
@@ -379,6 +380,7 @@ async fn an_error_during_a_session_does_not_end_it() {
     let out = pb::OutputChunk {
         index: 0,
         data: Bytes::from_static(b"after"),
+        ..Default::default()
     };
     send(&mut b, seq, Message::ExecStdout(out)).await;
     send(&mut b, seq, Message::ExecExit(pb::ExecExit::default())).await;

@@ -42,6 +42,14 @@ pub struct ExecHandle {
     next_index: [u64; 2],
     started: bool,
     finished: bool,
+    /// An attach: chunk offsets are checked, and dropping the handle leaves
+    /// the process running.
+    pub(crate) attach: bool,
+    pub(crate) next_offset: u64,
+    /// The `ATTACHED` answer of an attach.
+    pub(crate) attached: Option<pb::Attached>,
+    /// Bytes the last chunk's offset jumped over (an attach that fell behind).
+    pub(crate) gap: u64,
 }
 
 impl Client {
@@ -59,6 +67,14 @@ impl Client {
     /// when it grants one (`CAPABILITY_INPUT_FLOW_CONTROL`).
     pub async fn exec_stream(&self, mut req: pb::ExecStart) -> Result<ExecHandle, ClientError> {
         self.require(pb::Capability::ExecStream, "streaming exec")?;
+        if req.pty.is_some() {
+            self.require(pb::Capability::Pty, "exec on a pty")?;
+        }
+        if req.detach {
+            return Err(ClientError::Protocol {
+                reason: "a detached exec is started with exec_detached".into(),
+            });
+        }
         let window = if req.window == 0 {
             DEFAULT_EXEC_WINDOW
         } else {
@@ -79,18 +95,13 @@ impl Client {
             input: input.clone(),
         };
         let (seq, rx) = self.open_stream(Message::ExecStart(req), spec).await?;
-        Ok(ExecHandle {
-            client: self.clone(),
+        Ok(ExecHandle::new(
+            self.clone(),
             seq,
             rx,
-            credit,
-            input,
-            window,
-            consumed: 0,
-            next_index: [0, 0],
-            started: false,
-            finished: false,
-        })
+            (credit, input, window),
+            false,
+        ))
     }
 }
 
@@ -163,9 +174,48 @@ impl ExecControl {
             debug!(seq = self.seq, error = %e, "signal not sent");
         }
     }
+
+    /// Resizes the session's pty (`PTY_RESIZE`); the agent answers an error
+    /// (as a report) when it has none.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.client.require(pb::Capability::Pty, "resizing a pty")?;
+        let m = Message::PtyResize(pb::PtyResize {
+            rows: rows as u32,
+            cols: cols as u32,
+        });
+        self.client.send_frame(m.into_frame(self.seq)).await
+    }
 }
 
+/// Output and input credit of a stream: (output, input, window).
+pub(crate) type Credits = (Option<Arc<AtomicI64>>, Option<Arc<InputCredit>>, u32);
+
 impl ExecHandle {
+    pub(crate) fn new(
+        client: Client,
+        seq: u32,
+        rx: mpsc::UnboundedReceiver<Reply>,
+        (credit, input, window): Credits,
+        attach: bool,
+    ) -> Self {
+        ExecHandle {
+            client,
+            seq,
+            rx,
+            credit,
+            input,
+            window,
+            consumed: 0,
+            next_index: [0, 0],
+            started: false,
+            finished: false,
+            attach,
+            next_offset: 0,
+            attached: None,
+            gap: 0,
+        }
+    }
+
     /// A handle for stdin and signals that can move to another task.
     pub fn control(&self) -> ExecControl {
         ExecControl {
@@ -209,15 +259,24 @@ impl ExecHandle {
                 self.started = true;
                 ExecEvent::Started { pid: s.pid }
             }
+            Message::Attached(a) if self.attach && !self.started => {
+                self.started = true;
+                self.next_offset = a.offset;
+                let pid = a.pid;
+                self.attached = Some(a);
+                ExecEvent::Started { pid }
+            }
             Message::Error(e) if self.started => return Err(ClientError::remote("exec", e)),
             Message::ExecStdout(c) => {
                 self.check_index(0, MessageType::ExecStdout, c.index)?;
                 self.consume(c.data.len()).await?;
+                self.track_offset(c.offset, c.data.len());
                 ExecEvent::Stdout(c.data)
             }
             Message::ExecStderr(c) => {
                 self.check_index(1, MessageType::ExecStderr, c.index)?;
                 self.consume(c.data.len()).await?;
+                self.track_offset(c.offset, c.data.len());
                 ExecEvent::Stderr(c.data)
             }
             Message::ExecExit(x) => {
@@ -230,6 +289,32 @@ impl ExecHandle {
             }
         };
         Ok(Some(ev))
+    }
+
+    /// For an attach: records how far a chunk's offset jumped past the
+    /// expected one (bytes overwritten before they could be sent).
+    fn track_offset(&mut self, offset: u64, len: usize) {
+        if !self.attach {
+            return;
+        }
+        self.gap = offset.saturating_sub(self.next_offset);
+        self.next_offset = offset.max(self.next_offset) + len as u64;
+    }
+
+    /// For an attach: the `ATTACHED` answer, once the first event came.
+    pub fn attached(&self) -> Option<&pb::Attached> {
+        self.attached.as_ref()
+    }
+
+    /// For an attach: the bytes overwritten just before the output event
+    /// last returned (0 when it followed on without a gap).
+    pub fn gap(&self) -> u64 {
+        self.gap
+    }
+
+    /// For an attach: the offset of the next byte expected.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
     }
 
     fn check_index(&mut self, i: usize, t: MessageType, index: u64) -> Result<(), ClientError> {
@@ -296,6 +381,11 @@ impl ExecHandle {
 impl Drop for ExecHandle {
     fn drop(&mut self) {
         if !self.finished {
+            if self.attach {
+                // The process goes on; the agent stops sending for want of
+                // credit, and ends the attach with the connection.
+                return;
+            }
             let m = Message::ExecSignal(pb::ExecSignal { signal: SIGKILL });
             self.client.try_send_frame(m.into_frame(self.seq));
             // Let the agent drain the dying group without waiting for credit.

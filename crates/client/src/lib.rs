@@ -8,11 +8,13 @@
 //!   seq), writer task, seq allocation, READY and version check.
 //! - `exec`: one-shot exec and streaming sessions ([`ExecHandle`], flow control).
 //! - `credit`: input credit the agent grants for stdin and uploads.
+//! - `background`: detached execs, process list, attach, kill.
 //! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
 //! - `ops`: ping, system info, shutdown.
 //! - `logs`: the agent's own log, as a snapshot or followed.
 //! - [`error`]: [`ClientError`] and its retryability.
 
+mod background;
 mod conn;
 #[cfg(test)]
 mod conn_tests;
@@ -26,6 +28,7 @@ mod logs;
 mod ops;
 mod transport;
 
+pub use background::{Detached, ProcessRef};
 pub use conn::{Client, ConnectOptions};
 pub use endpoint::Endpoint;
 pub use error::ClientError;

@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
             Message::ExecStdout(pb::OutputChunk {
                 index: i as u64,
                 data: vec![0xab; PAYLOAD].into(),
+                ..Default::default()
             })
             .into_frame(1)
             .encode(&mut wire2, DEFAULT_MAX_FRAME_LEN)

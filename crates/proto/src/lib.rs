@@ -9,6 +9,7 @@
 //! `docs/protocol.md` at the repository root is the full text of the contract.
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod frame;
 pub mod message;
 

@@ -112,6 +112,15 @@ message_types! {
     SystemInfo = 0x1A => pb::SystemInfo,
     SystemInfoResult = 0x1B => pb::SystemInfoResult,
     Shutdown = 0x1C => pb::Shutdown,
+    /// Resizes the pty of a session or attach (host to guest).
+    PtyResize = 0x1D => pb::PtyResize,
+    ProcessList = 0x1E => pb::ProcessList,
+    ProcessListResult = 0x1F => pb::ProcessListResult,
+    /// Follows a background process's output.
+    Attach = 0x20 => pb::Attach,
+    Attached = 0x21 => pb::Attached,
+    /// Signals a background process's group; answered by OK.
+    ProcessKill = 0x22 => pb::ProcessKill,
     /// The agent's own log (CAPABILITY_AGENT_LOG).
     AgentLog = 0x30 => pb::AgentLog,
     AgentLogLines = 0x31 => pb::AgentLogLines,
@@ -161,7 +170,23 @@ impl Message {
         let invalid = |reason: String| Err(MessageError::Invalid { kind, reason });
         match self {
             Message::Exec(m) => validate_argv(&m.argv).or_else(invalid),
-            Message::ExecStart(m) => validate_argv(&m.argv).or_else(invalid),
+            Message::ExecStart(m) => {
+                validate_argv(&m.argv).or_else(invalid)?;
+                crate::background::validate_start(m).or_else(invalid)
+            }
+            Message::PtyResize(m) => {
+                crate::background::validate_size(m.rows, m.cols).or_else(invalid)
+            }
+            Message::Attach(m) => {
+                crate::background::validate_target(m.pid, &m.tag).or_else(invalid)
+            }
+            Message::ProcessKill(m) => {
+                crate::background::validate_target(m.pid, &m.tag).or_else(invalid)?;
+                if !SIGNAL_RANGE.contains(&m.signal) {
+                    return invalid(format!("signal {} is out of range 1..=64", m.signal));
+                }
+                Ok(())
+            }
             Message::WriteFile(m) => validate_path("path", &m.path).or_else(invalid),
             Message::FileWrite(m) => validate_path("path", &m.path).or_else(invalid),
             Message::FileRead(m) => validate_path("path", &m.path).or_else(invalid),
@@ -215,6 +240,9 @@ impl Message {
             | Message::SystemInfoResult(_)
             | Message::Shutdown(_)
             | Message::AgentLogLines(_)
+            | Message::ProcessList(_)
+            | Message::ProcessListResult(_)
+            | Message::Attached(_)
             | Message::Error(_) => Ok(()),
         }
     }
@@ -344,6 +372,12 @@ mod tests {
             (SystemInfo, 0x1A),
             (SystemInfoResult, 0x1B),
             (Shutdown, 0x1C),
+            (PtyResize, 0x1D),
+            (ProcessList, 0x1E),
+            (ProcessListResult, 0x1F),
+            (Attach, 0x20),
+            (Attached, 0x21),
+            (ProcessKill, 0x22),
             (AgentLog, 0x30),
             (AgentLogLines, 0x31),
             (Error, 0xFF),
@@ -376,6 +410,7 @@ mod tests {
             [0, 1, 2, 3, 4, 5, 6]
         );
         assert_eq!(C::AgentLog as i32, 13);
+        assert_eq!([C::Pty, C::Background].map(|c| c as i32), [7, 8]);
         assert_eq!(
             [
                 E::BadFrame,

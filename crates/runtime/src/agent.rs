@@ -62,6 +62,11 @@ impl Agent {
         &self.label
     }
 
+    /// The sandbox's environment, put before every exec's own.
+    pub(crate) fn base_env(&self) -> &[(String, String)] {
+        &self.base_env
+    }
+
     fn err(
         &self,
         what: impl std::fmt::Display,

@@ -27,6 +27,8 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// Output credit window in bytes (0: the agent's default).
     pub window: u32,
+    /// Run on a pseudo-terminal of this size (stdout and stderr merged).
+    pub pty: Option<crate::background::PtySize>,
 }
 
 impl ExecSpec {
@@ -90,6 +92,7 @@ impl ExecSpec {
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
                 .unwrap_or(0),
             window: self.window,
+            pty: self.pty.as_ref().map(crate::background::PtySize::to_pb),
             ..Default::default()
         }
     }
@@ -248,6 +251,11 @@ impl ExecStream {
     /// Sends stdin, signals and stdin EOF from any task.
     pub fn control(&self) -> ExecControl {
         self.handle.control()
+    }
+
+    /// Resizes the command's pty (see [`ExecSpec::pty`]).
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        crate::background::resize(&self.handle.control(), &self.label, rows, cols).await
     }
 
     /// The next event; `None` never comes before [`StreamEvent::Exit`] on a

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod agent;
+pub mod background;
 pub mod config;
 pub mod error;
 pub mod exec;
@@ -48,6 +49,9 @@ pub mod sandbox;
 pub mod state;
 
 pub use agent::Agent;
+pub use background::{
+    AttachEvent, AttachStream, DetachSpec, ProcessInfo, ProcessRef, ProcessState, PtySize,
+};
 pub use config::{Admission, Isolation, RuntimeConfig};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecOutput, ExecSpec, ExecStream, Outcome, StreamEvent};

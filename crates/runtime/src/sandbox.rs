@@ -9,6 +9,7 @@ use hearth_client::pb;
 use tokio::sync::OnceCell;
 
 use crate::agent::Agent;
+use crate::background::{AttachStream, DetachSpec, ProcessInfo, ProcessRef};
 use crate::error::{Error, Result};
 use crate::exec::{ExecOutput, ExecSpec, ExecStream};
 use crate::files::Skipped;
@@ -216,5 +217,31 @@ impl Sandbox {
     /// for the bare guest).
     pub fn hello_argv(&self) -> &[String] {
         &self.record.hello
+    }
+
+    /// Starts a background process that outlives the connection.
+    pub async fn exec_detached(&self, spec: &DetachSpec) -> Result<u32> {
+        self.call(async |a| a.exec_detached(spec).await).await
+    }
+
+    /// Background processes, running and recently exited.
+    pub async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        self.call(async |a| a.processes().await).await
+    }
+
+    /// Follows a background process's output (retained, then live).
+    pub async fn attach(
+        &self,
+        target: &ProcessRef,
+        from_offset: Option<u64>,
+    ) -> Result<AttachStream> {
+        self.call(async |a| a.attach(target, from_offset).await)
+            .await
+    }
+
+    /// Sends a signal to a background process's group.
+    pub async fn kill_process(&self, target: &ProcessRef, signal: i32) -> Result<()> {
+        self.call(async |a| a.kill_process(target, signal).await)
+            .await
     }
 }

@@ -21,7 +21,10 @@ use super::routes::{Route, Routes, StreamFrames};
 use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
-use super::{exec, file_read, file_write, files, logbuf, oneshot, sysinfo, Shared};
+use super::{
+    attach, detach, exec, file_read, file_write, files, logbuf, oneshot, process_ops, pty_session,
+    sysinfo, Shared,
+};
 
 /// Default output credit of a streaming exec.
 const DEFAULT_EXEC_WINDOW: u64 = 256 * 1024;
@@ -220,6 +223,12 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         Message::AgentLog(req) => {
             tokio::spawn(logbuf::serve(req, seq, writer.clone(), cx.closed.clone()));
         }
+        Message::PtyResize(r) => cx.streams.pty_resize(seq, r).await,
+        Message::ProcessList(_) => reply(writer, seq, process_ops::list(&cx.shared.procs)).await,
+        Message::ProcessKill(k) => {
+            reply(writer, seq, process_ops::kill(&cx.shared.procs, &k)).await
+        }
+        Message::Attach(req) => start_attach(req, seq, cx).await,
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)
@@ -233,6 +242,8 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         | Message::Ok(_)
         | Message::SystemInfoResult(_)
         | Message::AgentLogLines(_)
+        | Message::ProcessListResult(_)
+        | Message::Attached(_)
         | Message::Error(_)) => {
             let msg = format!(
                 "{} is not a request the agent serves",
@@ -282,6 +293,7 @@ async fn start_oneshot(req: pb::Exec, seq: u32, cx: &Cx) {
             credit: Credit::new(u64::MAX),
             pgid: 0,
             stdin: None,
+            pty: None,
         },
     );
     tokio::spawn(oneshot::run(
@@ -298,11 +310,37 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
     if cx.routes.contains(seq) {
         return refuse_duplicate(seq, hearth_proto::MessageType::ExecStart as u8, cx).await;
     }
+    if req.detach {
+        let (writer, shared) = (cx.writer.clone(), cx.shared.clone());
+        tokio::spawn(async move { detach::start(req, seq, &writer, &shared).await });
+        return;
+    }
     let ctl = Ctl::new();
     let Some(registered) = register(seq, &ctl, cx).await else {
         return;
     };
     let writer = &cx.writer;
+    if req.pty.is_some() {
+        let params = pty_session::Params {
+            window: if req.window == 0 {
+                DEFAULT_EXEC_WINDOW
+            } else {
+                req.window as u64
+            },
+            input_window: req.input_credit.then_some(cx.shared.input_window as u64),
+            chunk_max: chunk_max(writer.max_frame_len()),
+        };
+        pty_session::start(
+            req,
+            seq,
+            writer.clone(),
+            cx.routes.clone(),
+            registered,
+            ctl,
+            params,
+        );
+        return;
+    }
     let spawned = exec::prepare(
         &req.argv,
         &req.env,
@@ -343,6 +381,7 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
             credit: credit.clone(),
             pgid: pid,
             stdin: stdin.clone(),
+            pty: None,
         },
     );
     let cap = |v: u64| if v == 0 { u64::MAX } else { v };
@@ -376,6 +415,29 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
         tracing::debug!(seq, pid, outcome = ?summary.outcome, "exec session ended");
         let _ = writer.send_data(seq, &summary.exit_message()).await;
     });
+}
+
+async fn start_attach(req: pb::Attach, seq: u32, cx: &Cx) {
+    if cx.routes.contains(seq) {
+        return refuse_duplicate(seq, hearth_proto::MessageType::Attach as u8, cx).await;
+    }
+    let params = attach::Params {
+        window: if req.window == 0 {
+            DEFAULT_EXEC_WINDOW
+        } else {
+            req.window as u64
+        },
+        input_window: cx.shared.input_window as u64,
+        chunk_max: chunk_max(cx.writer.max_frame_len()),
+    };
+    tokio::spawn(attach::run(
+        req,
+        seq,
+        cx.writer.clone(),
+        cx.routes.clone(),
+        cx.shared.clone(),
+        params,
+    ));
 }
 
 /// Largest data chunk that fits a frame with its small envelope.

@@ -258,7 +258,7 @@ async fn write_chunks(req: pb::FileWrite, seq: u32, input: &Consumer, writer: &W
             Next::Aborted(reason) => {
                 drop_blocking(file).await;
                 tracing::debug!(seq, path = %path, "chunked write aborted");
-                return reason;
+                return *reason;
             }
         };
         let n = data.len();

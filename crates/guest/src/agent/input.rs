@@ -51,7 +51,7 @@ pub enum Next {
     /// The connection closed before `eof`.
     HungUp,
     /// The reader refused the stream's input; the stream ends with this error.
-    Aborted(Message),
+    Aborted(Box<Message>),
 }
 
 #[derive(Default)]
@@ -196,7 +196,7 @@ impl Consumer {
                 let mut s = self.0.lock();
                 if let Some(reason) = s.aborted.take() {
                     s.consumer_gone = true;
-                    return Next::Aborted(reason);
+                    return Next::Aborted(Box::new(reason));
                 }
                 let piece = match s.chunks.pop_front() {
                     Some(c) => Some(c),

@@ -13,6 +13,10 @@
 //!   [`oneshot`] is the collected `EXEC` variant.
 //! - [`lifecycle`]: ending sessions (connection closed, shutdown, broken
 //!   input) and the agent-wide list of them.
+//! - PTY and background processes: [`pty`] (the terminal pair),
+//!   [`pty_session`] (foreground pty exec), [`detach`] (background start),
+//!   [`procs`] (the process table and the runner filling each [`ring`]),
+//!   [`follow`] (ring → connection), [`attach`], [`process_ops`] (list, kill).
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
@@ -22,20 +26,28 @@
 //! accepting, sends TERM to every session's process group, KILLs what is left
 //! after [`SHUTDOWN_GRACE`], and exits 0.
 
+mod attach;
 mod conn;
 #[cfg(test)]
 mod conn_tests;
 mod credit;
+mod detach;
 mod exec;
 mod file_read;
 mod file_write;
 mod files;
+mod follow;
 mod input;
 mod lifecycle;
 mod listen;
 mod logbuf;
 mod oneshot;
 mod outbuf;
+mod process_ops;
+mod procs;
+mod pty;
+mod pty_session;
+mod ring;
 mod routes;
 mod session;
 mod spawn;
@@ -137,6 +149,8 @@ pub struct Shared {
     /// Input credit granted per stream that asks for it.
     pub input_window: u32,
     pub sessions: Arc<Sessions>,
+    /// Background processes (`ExecStart.detach`).
+    pub procs: procs::Procs,
     shutdown: Notify,
 }
 
@@ -151,6 +165,7 @@ impl Shared {
             input_window,
             ready,
             sessions: Arc::new(Sessions::default()),
+            procs: procs::Procs::default(),
             shutdown: Notify::new(),
         })
     }
@@ -225,6 +240,8 @@ fn all_capabilities() -> u64 {
         C::Shutdown,
         C::FlowControl,
         C::InputFlowControl,
+        C::Pty,
+        C::Background,
         C::AgentLog,
     ]
     .into_iter()
@@ -426,10 +443,9 @@ mod tests {
 
     #[test]
     fn capabilities_cover_every_value() {
-        use pb::Capability as C;
-        // Every value the schema defines is announced.
+        // Every value of the enum, whatever other features add.
         let every = (0..64)
-            .filter_map(|v| C::try_from(v).ok())
+            .filter_map(|v| pb::Capability::try_from(v).ok())
             .map(capability_bit)
             .fold(0, |a, b| a | b);
         assert_eq!(all_capabilities(), every);

@@ -162,6 +162,7 @@ mod tests {
             let want = Message::ExecStdout(pb::OutputChunk {
                 index,
                 data: data.clone().into(),
+                ..Default::default()
             })
             .into_frame(77)
             .to_bytes(DEFAULT_MAX_FRAME_LEN)

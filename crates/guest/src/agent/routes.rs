@@ -37,6 +37,8 @@ pub enum Route {
         /// frames.
         pgid: i32,
         stdin: Option<Arc<Input>>,
+        /// The pty master, for `PTY_RESIZE` (pty sessions and attaches).
+        pty: Option<Arc<std::os::fd::OwnedFd>>,
     },
     FileRead(Arc<Credit>),
     FileWrite(Arc<Input>),
@@ -220,6 +222,41 @@ impl StreamFrames {
         };
         if pgid > 0 {
             exec::signal_group(pgid, s.signal);
+        }
+    }
+
+    /// `PTY_RESIZE`: `TIOCSWINSZ` on the session's pty; refused (as a
+    /// report, the session goes on) when it has none.
+    pub async fn pty_resize(&mut self, seq: u32, r: pb::PtyResize) {
+        let found = self.lookup(seq, |r| match r {
+            Route::Exec { pty, ctl, .. } => Some((pty.clone(), ctl.clone())),
+            _ => None,
+        });
+        let (pty, ctl) = match found {
+            Ok(v) => v,
+            Err(wrong) => return self.missed(seq, MessageType::PtyResize, wrong).await,
+        };
+        let failed = match pty {
+            None => Some(error(
+                pb::ErrorCode::InvalidArgument,
+                format!("seq {seq} has no pty to resize"),
+                0,
+            )),
+            Some(fd) => super::pty::resize(fd.as_ref(), r.rows, r.cols)
+                .err()
+                .map(|e| {
+                    error(
+                        pb::ErrorCode::Io,
+                        format!(
+                            "resizing the pty of seq {seq}: {}",
+                            hearth_proto::os_error_text(&e)
+                        ),
+                        e.raw_os_error().unwrap_or(0),
+                    )
+                }),
+        };
+        if let Some(err) = failed {
+            ctl.report(err);
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Plan {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub set_groups: bool,
+    /// Make stdin (a pty slave) the controlling terminal after `setsid`.
+    pub ctty: bool,
 }
 
 /// A NUL inside an argument, variable or path.
@@ -149,6 +151,7 @@ impl Plan {
             uid,
             gid,
             set_groups,
+            ctty: false,
         })
     }
 }
@@ -419,6 +422,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         if let Err(e) = sys(libc::SYS_setsid, 0, 0, 0, 0) {
             child_fail(ctx, Stage::Setsid, e);
+        }
+        if plan.ctty {
+            if let Err(e) = sys(libc::SYS_ioctl, 0, libc::TIOCSCTTY as usize, 0, 0) {
+                child_fail(ctx, Stage::Setsid, e);
+            }
         }
         // The raw call, because glibc's wrapper refuses its reserved signals
         // (32, 33), and an ignored disposition survives exec.

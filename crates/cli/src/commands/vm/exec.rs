@@ -32,6 +32,21 @@ pub struct Args {
     /// Print one JSON object per VM instead of streaming output.
     #[arg(long)]
     pub json: bool,
+    /// Keep stdin open and forward ours (with --detach: a stdin for `vm attach`).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Run on a pseudo-terminal, our terminal in raw mode (needs a terminal on stdin).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Start in the background and print its pid (see `vm ps`, `vm attach`, `vm kill`).
+    #[arg(long)]
+    pub detach: bool,
+    /// Name of the background process, unique among running ones.
+    #[arg(long, requires = "detach")]
+    pub tag: Option<String>,
+    /// Output ring buffer of the background process (e.g. 64K, 1M; default 1M).
+    #[arg(long, requires = "detach", value_name = "SIZE", value_parser = super::exec_modes::parse_size)]
+    pub buffer: Option<u32>,
 }
 
 /// Default timeout of a `--hello` (the go one compiles first).
@@ -88,6 +103,9 @@ async fn one(sb: &Sandbox, a: &Args) -> hearth_runtime::Result<serde_json::Value
 }
 
 pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
+    if a.interactive || a.tty || a.detach {
+        return super::exec_modes::run(rt, &a).await;
+    }
     let recs = select(rt, &a.vm, a.all, |r| r.status == VmStatus::Running).await?;
     if a.all && recs.is_empty() {
         anyhow::bail!("no running vms");

@@ -1,13 +1,18 @@
 //! `hearth vm …`: sandboxes that outlive the CLI, tracked in the state DB.
 //! One file per subcommand; `select.rs` picks the VMs a command names.
 
+pub mod attach;
 pub mod clean;
 pub mod create;
 pub mod exec;
+pub mod exec_modes;
+pub mod kill;
 pub mod list;
 pub mod logs;
+pub mod ps;
 pub mod run;
 pub mod select;
+pub mod shell;
 pub mod start;
 pub mod stop;
 
@@ -37,6 +42,14 @@ pub enum Cmd {
     Stop(stop::Args),
     /// Stop VMs and remove their directories, records and persist volumes.
     Clean(clean::Args),
+    /// A login shell on a terminal in a VM.
+    Shell(shell::Args),
+    /// List a VM's background processes (`vm exec --detach`).
+    Ps(ps::Args),
+    /// Follow a background process's output (replayed, then live).
+    Attach(attach::Args),
+    /// Send a signal to a background process's group.
+    Kill(kill::Args),
 }
 
 pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
@@ -50,5 +63,9 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::Logs(a) => logs::run(state, a).await,
         Cmd::Stop(a) => stop::run(state, a).await,
         Cmd::Clean(a) => clean::run(state, a).await,
+        Cmd::Shell(a) => shell::run(state, a).await,
+        Cmd::Ps(a) => ps::run(state, a).await,
+        Cmd::Attach(a) => attach::run(state, a).await,
+        Cmd::Kill(a) => kill::run(state, a).await,
     }
 }
