@@ -10,6 +10,8 @@
 //! - `credit`: input credit the agent grants for stdin and uploads.
 //! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
 //! - `ops`: ping, system info, shutdown.
+//! - `stats`: guest resource use (`STATS`); `limits`: byte sizes for exec
+//!   resource limits.
 //! - [`error`]: [`ClientError`] and its retryability.
 
 mod conn;
@@ -21,7 +23,9 @@ pub mod error;
 mod exec;
 mod files;
 pub mod hybrid;
+mod limits;
 mod ops;
+mod stats;
 mod transport;
 
 pub use conn::{Client, ConnectOptions};
@@ -32,3 +36,4 @@ pub use exec::{
     DEFAULT_EXEC_WINDOW,
 };
 pub use hearth_proto::pb;
+pub use limits::{format_bytes, parse_size, SizeError};

@@ -21,7 +21,7 @@ use super::routes::{Route, Routes, StreamFrames};
 use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
-use super::{exec, file_read, file_write, files, oneshot, sysinfo, Shared};
+use super::{exec, file_read, file_write, files, oneshot, stats, sysinfo, Shared};
 
 /// Default output credit of a streaming exec.
 const DEFAULT_EXEC_WINDOW: u64 = 256 * 1024;
@@ -212,6 +212,7 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
             });
         }
         Message::Shutdown(s) => shutdown(s, seq, cx).await,
+        Message::Stats(_) => stats::answer(seq, writer.clone()),
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)
@@ -224,6 +225,7 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         | Message::ListDirResult(_)
         | Message::Ok(_)
         | Message::SystemInfoResult(_)
+        | Message::StatsResult(_)
         | Message::Error(_)) => {
             let msg = format!(
                 "{} is not a request the agent serves",
@@ -301,7 +303,10 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
         req.user.as_ref(),
         req.clear_env,
     )
-    .and_then(|spec| exec::spawn(&spec, req.stdin_open || !req.stdin.is_empty()));
+    .and_then(|spec| {
+        let want_stdin = req.stdin_open || !req.stdin.is_empty();
+        exec::spawn_limited(&spec, want_stdin, req.limits.as_ref())
+    });
     let spawned = match spawned {
         Ok(s) => s,
         Err(ns) => {
