@@ -16,6 +16,7 @@
 mod commands;
 mod edge;
 mod exec_io;
+mod limit_flags;
 mod logging;
 mod progress;
 

@@ -27,6 +27,8 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// Output credit window in bytes (0: the agent's default).
     pub window: u32,
+    /// Resource limits (the exec's own cgroup in the guest).
+    pub limits: crate::Limits,
 }
 
 impl ExecSpec {
@@ -64,7 +66,7 @@ impl ExecSpec {
                 "environment variable name {k:?} is empty or contains '='"
             )));
         }
-        Ok(())
+        self.limits.validate()
     }
 
     /// Whether `stdin` rides in the start frame (else it is streamed after it).
@@ -90,6 +92,7 @@ impl ExecSpec {
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
                 .unwrap_or(0),
             window: self.window,
+            limits: self.limits.to_pb(),
             ..Default::default()
         }
     }

@@ -8,6 +8,7 @@ pub mod list;
 pub mod run;
 pub mod select;
 pub mod start;
+pub mod stats;
 pub mod stop;
 
 use hearth_runtime::Runtime;
@@ -30,6 +31,8 @@ pub enum Cmd {
     Exec(exec::Args),
     /// List VMs.
     List(list::Args),
+    /// Show a VM's CPU, memory, disk, load, process and network use.
+    Stats(stats::Args),
     /// Stop VMs (the records stay; see `clean`).
     Stop(stop::Args),
     /// Stop VMs and remove their directories, records and persist volumes.
@@ -44,6 +47,7 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::Run(a) => run::run(state, a).await,
         Cmd::Exec(a) => exec::run(state, a).await,
         Cmd::List(a) => list::run(state, a).await,
+        Cmd::Stats(a) => stats::run(state, a).await,
         Cmd::Stop(a) => stop::run(state, a).await,
         Cmd::Clean(a) => clean::run(state, a).await,
     }
