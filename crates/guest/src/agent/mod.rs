@@ -3,6 +3,7 @@
 //! - [`listen`]: the Unix socket, which appears only once it listens.
 //! - [`conn`]: one connection — reader, request dispatch; [`routes`]: the
 //!   requests in flight and where stream frames for them go.
+//! - [`liveness`]: the connection's reader thread, which answers pings itself.
 //! - [`writer`]: the connection's single writer task (bounded queues, pongs first).
 //!   [`splice`]: output chunks moved pipe → socket with `splice(2)`.
 //! - [`exec`]: preparing a child (user, env, cwd, pipes) and decoding its
@@ -34,6 +35,7 @@ mod files;
 mod input;
 mod lifecycle;
 mod listen;
+mod liveness;
 mod oneshot;
 mod outbuf;
 mod routes;

@@ -147,6 +147,15 @@ impl Writer {
         self.max_frame_len
     }
 
+    /// Runs `f` holding the socket lock, from a thread outside the runtime
+    /// (the connection's reader thread writes pongs this way): `f` may write
+    /// whole frames to the socket's fd; nothing else writes meanwhile, and
+    /// no frame of the writer is half-written when `f` starts.
+    pub fn with_socket_blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _sink = self.sink.blocking_lock();
+        f()
+    }
+
     /// Queues a bulk frame (output or file chunk); waits while the queue is full.
     pub async fn send_data(&self, seq: u32, msg: &Message) -> Result<(), Closed> {
         let frame = self.frame(seq, msg);
