@@ -44,7 +44,7 @@ fn memory_hog_is_oom_killed_and_the_vm_goes_on() {
         &env,
         &id,
         &["--memory", "64M", "--timeout", "120"],
-        "head -c 200M /dev/zero | tail",
+        "head -c 209715200 /dev/zero | tail",
     );
     assert_eq!(v["kind"], "oom_killed", "{v}");
     assert_eq!(v["exit_code"], 137, "{v}");
@@ -55,8 +55,16 @@ fn memory_hog_is_oom_killed_and_the_vm_goes_on() {
     );
     // The human form says the same on stderr, with the same exit code.
     let o = env.run(&[
-        "vm", "exec", "--vm", &id, "--memory", "64M", "--timeout", "120", "--cmd",
-        "head -c 200M /dev/zero | tail",
+        "vm",
+        "exec",
+        "--vm",
+        &id,
+        "--memory",
+        "64M",
+        "--timeout",
+        "120",
+        "--cmd",
+        "head -c 209715200 /dev/zero | tail",
     ]);
     assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
     assert!(stderr(&o).contains("OOM killer"), "{}", stderr(&o));
@@ -66,9 +74,13 @@ fn memory_hog_is_oom_killed_and_the_vm_goes_on() {
         &env,
         &id,
         &["--memory", "64M"],
-        "head -c 10M /dev/zero | wc -c",
+        "head -c 10485760 /dev/zero | wc -c",
     );
-    assert_eq!((code, v["stdout"].as_str().map(str::trim)), (0, Some("10485760")), "{v}");
+    assert_eq!(
+        (code, v["stdout"].as_str().map(str::trim)),
+        (0, Some("10485760")),
+        "{v}"
+    );
 }
 
 #[test]
@@ -79,7 +91,13 @@ fn fork_bomb_under_pids_limit_leaves_the_agent_serving() {
     // A session that runs across the bomb and must finish every step.
     let ticker = env
         .cmd(&[
-            "vm", "exec", "--vm", &id, "--timeout", "300", "--cmd",
+            "vm",
+            "exec",
+            "--vm",
+            &id,
+            "--timeout",
+            "300",
+            "--cmd",
             "for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 1; done",
         ])
         .stdout(Stdio::piped())
@@ -88,7 +106,16 @@ fn fork_bomb_under_pids_limit_leaves_the_agent_serving() {
         .expect("spawn ticker");
     let bomb = env
         .cmd(&[
-            "vm", "exec", "--vm", &id, "--json", "--pids", "64", "--timeout", "25", "--cmd",
+            "vm",
+            "exec",
+            "--vm",
+            &id,
+            "--json",
+            "--pids",
+            "64",
+            "--timeout",
+            "25",
+            "--cmd",
             "b() { b | b & }; b; exec sleep 1000",
         ])
         .stdout(Stdio::piped())
@@ -100,7 +127,12 @@ fn fork_bomb_under_pids_limit_leaves_the_agent_serving() {
     assert_eq!(env.sh(&id, "true; echo ok").trim(), "ok");
     let hello = env.ok(&["vm", "exec", "--vm", &id, "--hello"]);
     assert!(hello.contains(&format!("hello from vm {id}")), "{hello}");
-    let (v, _) = exec_json(&env, &id, &["--pids", "64"], "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/pids.max");
+    let (v, _) = exec_json(
+        &env,
+        &id,
+        &["--pids", "64"],
+        "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/pids.max",
+    );
     assert_eq!(v["stdout"].as_str().map(str::trim), Some("64"), "{v}");
     let o = ticker.wait_with_output().expect("ticker");
     assert!(o.status.success(), "ticker: {}", stderr(&o));
@@ -110,7 +142,11 @@ fn fork_bomb_under_pids_limit_leaves_the_agent_serving() {
     assert_eq!(v[0]["kind"], "timed_out", "{v}");
     // The timeout took the whole cgroup with it: no bomb process is left.
     let left = env.sh(&id, "ls -d /sys/fs/cgroup/hearth/exec-* | wc -l");
-    assert_eq!(left.trim(), "1", "only the checking exec's own cgroup: {left}");
+    assert_eq!(
+        left.trim(),
+        "1",
+        "only the checking exec's own cgroup: {left}"
+    );
 }
 
 #[test]
@@ -119,7 +155,13 @@ fn timeout_kills_setsid_grandchildren_and_cpus_sets_cpu_max() {
     let env = Env::new();
     let id = env.create(&[]);
     let o = env.run(&[
-        "vm", "exec", "--vm", &id, "--timeout", "3", "--cmd",
+        "vm",
+        "exec",
+        "--vm",
+        &id,
+        "--timeout",
+        "3",
+        "--cmd",
         "setsid sh -c 'sleep 1001' & sleep 1000",
     ]);
     assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
@@ -129,7 +171,10 @@ fn timeout_kills_setsid_grandchildren_and_cpus_sets_cpu_max() {
         .collect();
     assert!(left.is_empty(), "left running after the timeout: {left:?}");
     // A background job that outlives its exec's leader goes too.
-    env.sh(&id, "setsid sleep 1002 > /dev/null 2>&1 < /dev/null & echo started");
+    env.sh(
+        &id,
+        "setsid sleep 1002 > /dev/null 2>&1 < /dev/null & echo started",
+    );
     let left = guest_procs(&env, &id, "sleep 1002");
     assert!(left.is_empty(), "left running after the exec: {left:?}");
 
@@ -140,13 +185,22 @@ fn timeout_kills_setsid_grandchildren_and_cpus_sets_cpu_max() {
         "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max",
     );
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["stdout"].as_str().map(str::trim), Some("50000 100000"), "{v}");
+    assert_eq!(
+        v["stdout"].as_str().map(str::trim),
+        Some("50000 100000"),
+        "{v}"
+    );
     // Without limits the exec still has its own group, without a cap.
     let (v, _) = exec_json(&env, &id, &[], "cut -d: -f3 /proc/self/cgroup");
     let cg = v["stdout"].as_str().unwrap_or("").trim().to_string();
     assert!(cg.starts_with("/hearth/exec-"), "{v}");
     // Bad values are usage errors naming the flag and the value.
-    for (flag, value) in [("--memory", "64X"), ("--memory", "100K"), ("--cpus", "0"), ("--pids", "0")] {
+    for (flag, value) in [
+        ("--memory", "64X"),
+        ("--memory", "100K"),
+        ("--cpus", "0"),
+        ("--pids", "0"),
+    ] {
         let o = env.run(&["vm", "exec", "--vm", &id, flag, value, "--cmd", "true"]);
         assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
         let e = stderr(&o);
@@ -163,17 +217,37 @@ fn stats_report_the_vm_memory_and_root_disk() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stats json");
     let total = v["memory"]["total_bytes"].as_u64().unwrap_or(0);
     let mem = 384u64 << 20;
-    assert!(total > mem * 7 / 10 && total <= mem, "memory total {total} vs --mem 384: {v}");
-    assert!(v["memory"]["available_bytes"].as_u64().unwrap_or(0) < total, "{v}");
+    assert!(
+        total > mem * 7 / 10 && total <= mem,
+        "memory total {total} vs --mem 384: {v}"
+    );
+    assert!(
+        v["memory"]["available_bytes"].as_u64().unwrap_or(0) < total,
+        "{v}"
+    );
     let root = &v["disks"][0];
     assert_eq!(root["path"], "/", "{v}");
     assert!(root["total_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
     assert!(v["cpu"]["cpu_count"].as_u64().unwrap_or(0) >= 1, "{v}");
     assert!(v["processes"].as_u64().unwrap_or(0) >= 2, "{v}");
-    assert!(v["net"].as_array().is_some_and(|n| n.iter().any(|i| i["name"] == "lo")), "{v}");
+    assert!(
+        v["net"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|i| i["name"] == "lo")),
+        "{v}"
+    );
     // --watch prints one object per interval until stopped.
     let mut child = env
-        .cmd(&["vm", "stats", "--vm", &id, "--json", "--watch", "--interval", "500ms"])
+        .cmd(&[
+            "vm",
+            "stats",
+            "--vm",
+            &id,
+            "--json",
+            "--watch",
+            "--interval",
+            "500ms",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn watch");
@@ -187,7 +261,10 @@ fn stats_report_the_vm_memory_and_root_disk() {
     let _ = child.wait();
     assert_eq!(samples[0]["cpu_percent_since_boot"], true);
     assert_eq!(samples[2]["cpu_percent_since_boot"], false);
-    assert!(samples[2]["uptime"].as_u64() > samples[0]["uptime"].as_u64(), "{samples:?}");
+    assert!(
+        samples[2]["uptime"].as_u64() > samples[0]["uptime"].as_u64(),
+        "{samples:?}"
+    );
     // The human table names every section.
     let table = env.ok(&["vm", "stats", "--vm", &id]);
     for word in ["cpu", "memory", "disk     /", "net"] {

@@ -30,7 +30,10 @@ fn host_uptime_ms() -> u64 {
 async fn stats_agree_with_the_hosts_proc() {
     let agent = Agent::start();
     let c = agent.client().await;
-    assert!(hearth_proto::has_capability(c.ready().capabilities, pb::Capability::Stats));
+    assert!(hearth_proto::has_capability(
+        c.ready().capabilities,
+        pb::Capability::Stats
+    ));
     let (user0, up0) = (host_cpu_user(&host("/proc/stat")), host_uptime_ms());
     let s = c.stats().await.expect("stats");
     let (user1, up1) = (host_cpu_user(&host("/proc/stat")), host_uptime_ms());
@@ -41,7 +44,11 @@ async fn stats_agree_with_the_hosts_proc() {
         .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
         .count() as u32;
     assert_eq!(cpu.cpu_count, host_cpus, "{cpu:?}");
-    assert!((user0..=user1).contains(&cpu.user), "{user0} <= {} <= {user1}", cpu.user);
+    assert!(
+        (user0..=user1).contains(&cpu.user),
+        "{user0} <= {} <= {user1}",
+        cpu.user
+    );
     assert!(cpu.idle > 0 && cpu.ticks_per_second > 0, "{cpu:?}");
     // Uptime is read once, between the host's two readings (10 ms slack for
     // the file's own rounding).
@@ -58,19 +65,33 @@ async fn stats_agree_with_the_hosts_proc() {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("MemTotal");
     assert_eq!(m.total_bytes, total_kib * 1024);
-    assert!(m.available_bytes <= m.total_bytes && m.used_bytes < m.total_bytes, "{m:?}");
-    assert!(m.used_bytes + m.cached_bytes + m.free_bytes <= m.total_bytes, "{m:?}");
+    assert!(
+        m.available_bytes <= m.total_bytes && m.used_bytes < m.total_bytes,
+        "{m:?}"
+    );
+    assert!(
+        m.used_bytes + m.cached_bytes + m.free_bytes <= m.total_bytes,
+        "{m:?}"
+    );
 
     let root = s.disks.first().expect("a disk");
     assert_eq!(root.path, "/");
     let v = nix::sys::statvfs::statvfs("/").expect("statvfs /");
-    assert_eq!(root.total_bytes, v.blocks() as u64 * v.fragment_size() as u64);
+    assert_eq!(
+        root.total_bytes,
+        v.blocks() as u64 * v.fragment_size() as u64
+    );
     assert_eq!(root.total_inodes, v.files() as u64);
     assert!(root.used_bytes <= root.total_bytes && root.free_bytes <= root.total_bytes);
     let persist_mounted = host("/proc/self/mountinfo")
         .lines()
         .any(|l| l.split_whitespace().nth(4) == Some("/persist"));
-    assert_eq!(s.disks.iter().any(|d| d.path == "/persist"), persist_mounted, "{:?}", s.disks);
+    assert_eq!(
+        s.disks.iter().any(|d| d.path == "/persist"),
+        persist_mounted,
+        "{:?}",
+        s.disks
+    );
 
     let host_ifaces: Vec<String> = host("/proc/net/dev")
         .lines()
@@ -82,10 +103,19 @@ async fn stats_agree_with_the_hosts_proc() {
     let procs = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .count() as u32;
     // Other processes come and go on the host meanwhile.
-    assert!(s.processes > 0 && s.processes.abs_diff(procs) < procs / 2 + 10, "{} vs {procs}", s.processes);
+    assert!(
+        s.processes > 0 && s.processes.abs_diff(procs) < procs / 2 + 10,
+        "{} vs {procs}",
+        s.processes
+    );
     assert!(s.load1 >= 0.0 && s.load5 >= 0.0 && s.load15 >= 0.0);
 }
 
@@ -105,14 +135,21 @@ fn host_cgroups_usable() -> Result<(), String> {
 async fn exec_with_limits_runs_limited_or_never_starts_with_the_reason() {
     let agent = Agent::start();
     let c = agent.client().await;
-    assert!(hearth_proto::has_capability(c.ready().capabilities, pb::Capability::ExecLimits));
+    assert!(hearth_proto::has_capability(
+        c.ready().capabilities,
+        pb::Capability::ExecLimits
+    ));
     let limits = Some(pb::ResourceLimits {
         pids_max: 32,
         ..Default::default()
     });
     let r = c
         .exec(pb::Exec {
-            argv: vec!["/bin/sh".into(), "-c".into(), "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup | tail -n1)/pids.max".into()],
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup | tail -n1)/pids.max".into(),
+            ],
             limits,
             ..Default::default()
         })
@@ -122,7 +159,10 @@ async fn exec_with_limits_runs_limited_or_never_starts_with_the_reason() {
     match host_cgroups_usable() {
         Ok(()) => {
             println!("host cgroups are usable: checking the limit is in force");
-            assert!(matches!(kind, pb::exec_outcome::Kind::Exited(pb::Exited { code: 0 })), "{kind:?}");
+            assert!(
+                matches!(kind, pb::exec_outcome::Kind::Exited(pb::Exited { code: 0 })),
+                "{kind:?}"
+            );
             assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "32");
         }
         Err(why) => {
@@ -130,7 +170,11 @@ async fn exec_with_limits_runs_limited_or_never_starts_with_the_reason() {
             let pb::exec_outcome::Kind::NeverStarted(ns) = kind else {
                 panic!("an exec with limits ran without them: {kind:?}");
             };
-            assert!(ns.message.contains("resource limits need per-exec cgroups"), "{}", ns.message);
+            assert!(
+                ns.message.contains("resource limits need per-exec cgroups"),
+                "{}",
+                ns.message
+            );
             assert!(ns.message.contains("/sys/fs/cgroup"), "{}", ns.message);
         }
     }
@@ -176,7 +220,11 @@ async fn bad_limits_are_refused_and_the_agent_goes_on() {
         Ok(mut h) => h.next_event().await.err().expect("an error, not events"),
         Err(e) => e,
     };
-    assert_eq!(err.remote_code(), Some(pb::ErrorCode::InvalidArgument), "{err}");
+    assert_eq!(
+        err.remote_code(),
+        Some(pb::ErrorCode::InvalidArgument),
+        "{err}"
+    );
     assert!(err.to_string().contains("memory_max_bytes 4096"), "{err}");
     let err = c
         .exec(pb::Exec {

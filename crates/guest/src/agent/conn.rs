@@ -71,7 +71,11 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
         Ok(rx) => rx,
         Err(e) => {
             tracing::error!(error = %e, "starting the connection's reader thread failed");
-            let err = error(pb::ErrorCode::Internal, format!("agent cannot serve: {e}"), 0);
+            let err = error(
+                pb::ErrorCode::Internal,
+                format!("agent cannot serve: {e}"),
+                0,
+            );
             let _ = writer.send(0, &err).await;
             writer.close().await;
             return;

@@ -218,7 +218,11 @@ mod tests {
             Ok(Message::Pong(p)) => assert_eq!(p.nonce, 7),
             other => panic!("{other:?}"),
         }
-        let broken = Frame::new(MessageType::Ping as u8, 4, bytes::Bytes::from_static(&[0xff]));
+        let broken = Frame::new(
+            MessageType::Ping as u8,
+            4,
+            bytes::Bytes::from_static(&[0xff]),
+        );
         assert!(pong_for(&broken).is_none());
         let other = Message::Stats(pb::Stats {}).into_frame(5);
         assert!(pong_for(&other).is_none());
