@@ -8,8 +8,12 @@
 //! p99 to the idle p99; the target is max ≤ 100 ms.
 //!
 //! cargo run --release -p hearth-client --example bench_ping_flood -- --agent PATH [--compare PATH] [--pings N]
+//! cargo run --release -p hearth-client --example bench_ping_flood -- --connect hybrid:VMDIR/vsock.sock:1000 [--compare ENDPOINT]
+//!
+//! With `--connect` it measures an agent that already runs (a VM's); the
+//! flood there is `cat /dev/zero` inside the guest.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,22 +42,33 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let agent = arg(&args, "--agent")
-        .map(PathBuf::from)
-        .ok_or("usage: bench_ping_flood --agent PATH [--compare PATH] [--pings N]")?;
+    let target = match (arg(&args, "--agent"), arg(&args, "--connect")) {
+        (Some(p), None) => Target::Spawn(PathBuf::from(p)),
+        (None, Some(e)) => Target::Connect(e),
+        _ => return Err("usage: bench_ping_flood (--agent PATH | --connect ENDPOINT) [--compare PATH|ENDPOINT] [--pings N]".into()),
+    };
     let pings: usize = arg(&args, "--pings").map_or(Ok(300), |v| v.parse())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        bench(&agent, pings).await?;
-        if let Some(other) = arg(&args, "--compare") {
+        let compare = arg(&args, "--compare").map(|o| match &target {
+            Target::Spawn(_) => Target::Spawn(PathBuf::from(o)),
+            Target::Connect(_) => Target::Connect(o),
+        });
+        bench(&target, pings).await?;
+        if let Some(other) = compare {
             println!();
-            bench(Path::new(&other), pings).await?;
+            bench(&other, pings).await?;
         }
         Ok(())
     })
+}
+
+enum Target {
+    Spawn(PathBuf),
+    Connect(String),
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -131,21 +146,30 @@ async fn flood(
     Ok(tasks)
 }
 
-async fn bench(agent_path: &Path, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn bench(target: &Target, n: usize) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let sock = dir.path().join("agent.sock");
-    let child = Command::new(agent_path)
-        .args(["agent", "--unix-socket"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", agent_path.display()))?;
-    let _agent = AgentProc(child);
+    let (endpoint, _agent, what) = match target {
+        Target::Spawn(agent_path) => {
+            let sock = dir.path().join("agent.sock");
+            let child = Command::new(agent_path)
+                .args(["agent", "--unix-socket"])
+                .arg(&sock)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", agent_path.display()))?;
+            (
+                Endpoint::Unix(sock),
+                Some(AgentProc(child)),
+                agent_path.display().to_string(),
+            )
+        }
+        Target::Connect(e) => (e.parse::<Endpoint>()?, None, e.clone()),
+    };
     let opts = ConnectOptions::default();
     let t0 = Instant::now();
     let c = loop {
-        match Client::connect(&Endpoint::Unix(sock.clone()), &opts).await {
+        match Client::connect(&endpoint, &opts).await {
             Ok(c) => break c,
             Err(_) if t0.elapsed() < Duration::from_secs(10) => {
                 tokio::time::sleep(Duration::from_millis(20)).await
@@ -156,7 +180,7 @@ async fn bench(agent_path: &Path, n: usize) -> Result<(), Box<dyn std::error::Er
     println!(
         "agent {} ({}), {} client, {n} pings per phase, {SESSIONS} flooding sessions",
         c.ready().agent_version,
-        agent_path.display(),
+        what,
         if cfg!(debug_assertions) {
             "DEBUG"
         } else {

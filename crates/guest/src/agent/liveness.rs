@@ -9,6 +9,9 @@
 //! A busy executor (eight sessions flooding output) then delays a pong only
 //! by the write batch in progress on the socket, never by task scheduling.
 //!
+//! The thread runs at nice -10, so a guest whose CPUs the workload saturates
+//! still schedules it promptly.
+//!
 //! The channel is bounded: when the dispatcher falls behind, the thread stops
 //! reading (the host's frames wait in the socket), as the async reader did.
 
@@ -56,9 +59,27 @@ pub fn spawn<K: Send + 'static>(
         .stack_size(STACK)
         .spawn(move || {
             let _keep = keep;
+            raise_priority();
             read_loop(fd, max_frame_len, &writer, &tx);
         })?;
     Ok(rx)
+}
+
+/// Nice value of the reader thread: ahead of the workload (nice 0) and of
+/// the executor's workers when the guest's CPUs are saturated. It sleeps in
+/// `poll(2)` otherwise, so it takes no CPU from anyone.
+const NICE: libc::c_int = -10;
+
+/// Best effort (needs CAP_SYS_NICE, which the agent has as root in the guest).
+fn raise_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, NICE)
+    };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot raise the reader thread's priority");
+    }
 }
 
 fn read_loop(fd: RawFd, max_frame_len: u32, writer: &Writer, tx: &mpsc::Sender<Event>) {
