@@ -18,8 +18,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hearth_proto::{os_error_text, pb};
@@ -47,6 +47,65 @@ struct Hierarchy {
 
 static HIERARCHY: OnceLock<Result<Hierarchy, String>> = OnceLock::new();
 static NEXT: AtomicU64 = AtomicU64::new(1);
+/// Empty groups made ahead of time: creating one (and removing it) costs
+/// more than the rest of an exec under software emulation, so both happen
+/// off the exec's path.
+static SPARES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static REFILLING: AtomicBool = AtomicBool::new(false);
+const KEEP_SPARES: usize = 2;
+
+/// A new empty group with `memory.oom.group` 1 (the OOM killer ends the
+/// whole exec, not one process of it).
+fn fresh(h: &Hierarchy) -> io::Result<PathBuf> {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = h.base.join(format!("exec-{n}"));
+    std::fs::create_dir(&path)?;
+    if h.controllers.iter().any(|c| c == "memory") {
+        if let Err(e) = std::fs::write(path.join("memory.oom.group"), "1") {
+            let _ = std::fs::remove_dir(&path);
+            return Err(e);
+        }
+    }
+    Ok(path)
+}
+
+/// Tops the spares up from a blocking task (when called inside the runtime).
+fn refill(h: &'static Hierarchy) {
+    if REFILLING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let work = move || {
+        while lock_spares().len() < KEEP_SPARES {
+            match fresh(h) {
+                Ok(p) => lock_spares().push(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "making a spare exec cgroup failed");
+                    break;
+                }
+            }
+        }
+        REFILLING.store(false, Ordering::Release);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(work)),
+        Err(_) => REFILLING.store(false, Ordering::Release),
+    }
+}
+
+fn lock_spares() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    SPARES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A spare group, or a new one.
+fn take(h: &'static Hierarchy) -> io::Result<PathBuf> {
+    let spare = lock_spares().pop();
+    let r = match spare {
+        Some(p) => Ok(p),
+        None => fresh(h),
+    };
+    refill(h);
+    r
+}
 
 fn hierarchy() -> Result<&'static Hierarchy, &'static str> {
     HIERARCHY
@@ -198,8 +257,24 @@ pub fn create(limits: Option<&pb::ResourceLimits>) -> Result<Option<Group>, pb::
     if l.cpu_max_millicpus != 0 {
         need("cpu")?;
     }
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let path = h.base.join(format!("exec-{n}"));
+    let path = match take(h) {
+        Ok(p) => p,
+        Err(e) if limits.is_some() => {
+            return Err(never_started(
+                pb::SpawnErrorKind::Other,
+                e.raw_os_error().unwrap_or(0),
+                format!(
+                    "creating an exec cgroup under {}: {}",
+                    h.base.display(),
+                    os_error_text(&e)
+                ),
+            ))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "creating an exec cgroup failed; running without");
+            return Ok(None);
+        }
+    };
     let os = |what: &str, e: io::Error| {
         never_started(
             pb::SpawnErrorKind::Other,
@@ -207,13 +282,6 @@ pub fn create(limits: Option<&pb::ResourceLimits>) -> Result<Option<Group>, pb::
             format!("{what} {}: {}", path.display(), os_error_text(&e)),
         )
     };
-    if let Err(e) = std::fs::create_dir(&path) {
-        if limits.is_some() {
-            return Err(os("creating cgroup", e));
-        }
-        tracing::debug!(path = %path.display(), error = %e, "creating an exec cgroup failed; running without");
-        return Ok(None);
-    }
     let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
         .map_err(|_| refuse("cgroup path contains a NUL byte".into()))?;
     let group = Group {
@@ -222,15 +290,10 @@ pub fn create(limits: Option<&pb::ResourceLimits>) -> Result<Option<Group>, pb::
         limits: l,
         removed: false,
     };
-    let has = |c: &str| h.controllers.iter().any(|x| x == c);
     let write = |file: &str, value: String| -> Result<(), pb::NeverStarted> {
         std::fs::write(path.join(file), &value)
             .map_err(|e| os(&format!("writing {value:?} to {file} of"), e))
     };
-    if has("memory") {
-        // The OOM killer ends the whole exec, not one process of it.
-        write("memory.oom.group", "1".into())?;
-    }
     if l.memory_max_bytes != 0 {
         write("memory.max", l.memory_max_bytes.to_string())?;
         // Without swap accounting the file is missing: nothing to turn off.

@@ -349,7 +349,10 @@ pub async fn run(
     let term = status.unwrap_or(Termination::Exited(-1));
     let oom = cgroup.as_ref().and_then(|g| g.oom_killed());
     if let Some(g) = cgroup {
-        g.remove().await;
+        // Nothing of the exec outlives its terminal frame; removing the empty
+        // group can happen after it.
+        g.kill();
+        tokio::spawn(g.remove());
     }
     let oom_signalled = matches!(
         term,
