@@ -217,7 +217,7 @@ async fn bad_limits_are_refused_and_the_agent_goes_on() {
         })
         .await;
     let err = match err {
-        Ok(mut h) => h.next_event().await.err().expect("an error, not events"),
+        Ok(mut h) => h.next_event().await.expect_err("an error, not events"),
         Err(e) => e,
     };
     assert_eq!(

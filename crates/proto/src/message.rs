@@ -533,7 +533,7 @@ mod tests {
             ..Default::default()
         });
         let start = pb::ExecStart {
-            limits: limits.clone(),
+            limits,
             ..Default::default()
         };
         // Field 17: a two-byte tag (17 << 3 | 2 = 0x8a 0x01), length 2, pids_max.

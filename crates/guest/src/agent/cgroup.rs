@@ -123,7 +123,7 @@ fn hierarchy() -> Result<&'static Hierarchy, &'static str> {
 
 fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
 }
 
@@ -200,7 +200,7 @@ fn remove_leftovers(base: &Path) {
 pub fn wanted(limits: Option<&pb::ResourceLimits>) -> Option<pb::ResourceLimits> {
     limits
         .filter(|l| l.memory_max_bytes != 0 || l.pids_max != 0 || l.cpu_max_millicpus != 0)
-        .cloned()
+        .copied()
 }
 
 /// One exec's cgroup. Dropping it without [`Group::remove`] kills what is in
@@ -247,7 +247,7 @@ pub fn create(limits: Option<&pb::ResourceLimits>) -> Result<Option<Group>, pb::
             )))
         }
     };
-    let l = limits.clone().unwrap_or_default();
+    let l = limits.unwrap_or_default();
     if l.memory_max_bytes != 0 {
         need("memory")?;
     }
@@ -421,6 +421,6 @@ mod tests {
             pids_max: 3,
             ..Default::default()
         };
-        assert_eq!(wanted(Some(&l)), Some(l.clone()));
+        assert_eq!(wanted(Some(&l)), Some(l));
     }
 }
