@@ -125,6 +125,9 @@ fn fork_bomb_under_pids_limit_leaves_the_agent_serving() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     // While the bomb runs: new execs and control requests are answered.
     assert_eq!(env.sh(&id, "true; echo ok").trim(), "ok");
+    let dir = env.record(&id)["dir"].as_str().expect("vm dir").to_string();
+    let endpoint = format!("hybrid:{dir}/vsock.sock:1000");
+    env.ok(&["ping", "--connect", &endpoint, "--count", "5"]);
     let hello = env.ok(&["vm", "exec", "--vm", &id, "--hello"]);
     assert!(hello.contains(&format!("hello from vm {id}")), "{hello}");
     let (v, _) = exec_json(
