@@ -66,8 +66,10 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
     {
         return;
     }
+    let routes = Routes::default();
     // The thread holds the read half, which keeps `fd` open while it reads.
-    let mut events = match liveness::spawn(fd, rd, shared.max_frame_len, writer.clone()) {
+    let spawned = liveness::spawn(fd, rd, shared.max_frame_len, writer.clone(), routes.clone());
+    let mut events = match spawned {
         Ok(rx) => rx,
         Err(e) => {
             tracing::error!(error = %e, "starting the connection's reader thread failed");
@@ -81,7 +83,6 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
             return;
         }
     };
-    let routes = Routes::default();
     let mut cx = Cx {
         streams: StreamFrames::new(routes.clone(), writer.clone()),
         writer: writer.clone(),

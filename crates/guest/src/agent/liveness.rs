@@ -7,7 +7,12 @@
 //! the writer's socket lock, so frames never interleave — and hands every
 //! other frame to the connection's async dispatcher through a bounded channel.
 //! A busy executor (eight sessions flooding output) then delays a pong only
-//! by the write batch in progress on the socket, never by task scheduling.
+//! by the frame being written to the socket, never by task scheduling.
+//!
+//! A `WINDOW_UPDATE` for a session or file read in flight is applied here
+//! too (credit is commutative, so it may overtake frames still queued for
+//! the dispatcher; one for a seq not in flight goes to the dispatcher in
+//! order): output credit then returns without a hop through the executor.
 //!
 //! The thread runs at nice -10, so a guest whose CPUs the workload saturates
 //! still schedules it promptly.
@@ -23,6 +28,7 @@ use bytes::BytesMut;
 use hearth_proto::{pb, DecodeError, Frame, FrameDecoder, Message, MessageType, VERSION};
 use tokio::sync::mpsc;
 
+use super::routes::Routes;
 use super::writer::Writer;
 
 /// Frames handed to the dispatcher and not yet taken.
@@ -52,6 +58,7 @@ pub fn spawn<K: Send + 'static>(
     keep: K,
     max_frame_len: u32,
     writer: Writer,
+    routes: Routes,
 ) -> io::Result<mpsc::Receiver<Event>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
@@ -60,7 +67,7 @@ pub fn spawn<K: Send + 'static>(
         .spawn(move || {
             let _keep = keep;
             raise_priority();
-            read_loop(fd, max_frame_len, &writer, &tx);
+            read_loop(fd, max_frame_len, &writer, &routes, &tx);
         })?;
     Ok(rx)
 }
@@ -82,7 +89,13 @@ fn raise_priority() {
     }
 }
 
-fn read_loop(fd: RawFd, max_frame_len: u32, writer: &Writer, tx: &mpsc::Sender<Event>) {
+fn read_loop(
+    fd: RawFd,
+    max_frame_len: u32,
+    writer: &Writer,
+    routes: &Routes,
+    tx: &mpsc::Sender<Event>,
+) {
     let decoder = FrameDecoder::new(max_frame_len);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
@@ -98,6 +111,14 @@ fn read_loop(fd: RawFd, max_frame_len: u32, writer: &Writer, tx: &mpsc::Sender<E
                         return;
                     }
                     continue;
+                }
+                if frame.kind == MessageType::WindowUpdate as u8 {
+                    if let (Ok(Message::WindowUpdate(w)), Some(credit)) =
+                        (Message::from_frame(&frame), routes.credit(frame.seq))
+                    {
+                        credit.add(w.bytes as u64);
+                        continue;
+                    }
                 }
                 if tx.blocking_send(Event::Frame(frame)).is_err() {
                     return;
