@@ -7,7 +7,8 @@
 //! workload ever runs outside it. When the exec ends (exit, timeout, the
 //! connection closing, agent shutdown) the group is torn down with
 //! `cgroup.kill`, which also reaches processes that left the process group
-//! with `setsid`, then removed (retried, bounded).
+//! with `setsid`, before the terminal frame; the empty group is removed
+//! after it (retried, bounded). Two empty groups are made ahead of time.
 //!
 //! The hierarchy is set up once, on first use. Where it cannot be (no cgroup2
 //! mount, read-only, as on a host running the agent for tests), execs without
