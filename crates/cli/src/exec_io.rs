@@ -207,6 +207,12 @@ pub fn exec_json(
             core_dumped,
         } => json!({ "signal": signal, "core_dumped": core_dumped }),
         Outcome::TimedOut { signal } => json!({ "signal": signal }),
+        Outcome::OomKilled {
+            memory_max_bytes,
+            memory_peak_bytes,
+        } => {
+            json!({ "memory_max_bytes": memory_max_bytes, "memory_peak_bytes": memory_peak_bytes })
+        }
         Outcome::NeverStarted {
             kind,
             errno,

@@ -17,6 +17,7 @@ mod commands;
 mod edge;
 mod exec_io;
 mod interactive;
+mod limit_flags;
 mod logging;
 mod progress;
 mod tty;

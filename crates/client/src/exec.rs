@@ -56,6 +56,9 @@ impl Client {
     /// Runs a command and collects its output (one `EXEC`/`EXEC_RESULT` pair).
     pub async fn exec(&self, req: pb::Exec) -> Result<pb::ExecResult, ClientError> {
         self.require(pb::Capability::OneshotExec, "one-shot exec")?;
+        if req.limits.is_some() {
+            self.require(pb::Capability::ExecLimits, "exec resource limits")?;
+        }
         match self.request(Message::Exec(req)).await? {
             Message::ExecResult(r) => Ok(r),
             m => Err(unexpected("exec", m)),
@@ -74,6 +77,9 @@ impl Client {
             return Err(ClientError::Protocol {
                 reason: "a detached exec is started with exec_detached".into(),
             });
+        }
+        if req.limits.is_some() {
+            self.require(pb::Capability::ExecLimits, "exec resource limits")?;
         }
         let window = if req.window == 0 {
             DEFAULT_EXEC_WINDOW
@@ -406,7 +412,7 @@ impl Drop for ExecHandle {
 const SIGKILL: i32 = 9;
 
 /// Shell-style exit code for an outcome: the code when it exited, 128+signal
-/// when killed, 124 on timeout, 127 when it never started (126 when the
+/// when killed (137 when the OOM killer did it), 124 on timeout, 127 when it never started (126 when the
 /// program was not executable), 1 when the outcome is missing.
 pub fn exit_code(outcome: Option<&pb::ExecOutcome>) -> i32 {
     use pb::exec_outcome::Kind;
@@ -414,6 +420,7 @@ pub fn exit_code(outcome: Option<&pb::ExecOutcome>) -> i32 {
         Some(Kind::Exited(e)) => e.code,
         Some(Kind::Killed(k)) => 128 + k.signal,
         Some(Kind::TimedOut(_)) => 124,
+        Some(Kind::OomKilled(_)) => 128 + SIGKILL,
         Some(Kind::NeverStarted(n)) => {
             if n.kind == pb::SpawnErrorKind::PermissionDenied as i32 {
                 126
@@ -441,6 +448,10 @@ pub fn describe_outcome(outcome: Option<&pb::ExecOutcome>) -> String {
             if k.core_dumped { " (core dumped)" } else { "" }
         ),
         Some(Kind::TimedOut(t)) => format!("timed out (ended by signal {})", t.signal),
+        Some(Kind::OomKilled(o)) => format!(
+            "killed by the OOM killer (memory limit {})",
+            crate::limits::format_bytes(o.memory_max_bytes)
+        ),
         Some(Kind::NeverStarted(n)) => {
             let kind = pb::SpawnErrorKind::try_from(n.kind)
                 .map(|k| k.as_str_name().to_string())

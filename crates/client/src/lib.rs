@@ -12,6 +12,8 @@
 //! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
 //! - `ops`: ping, system info, shutdown.
 //! - `logs`: the agent's own log, as a snapshot or followed.
+//! - `stats`: guest resource use (`STATS`); `limits`: byte sizes for exec
+//!   resource limits.
 //! - [`error`]: [`ClientError`] and its retryability.
 
 mod background;
@@ -24,8 +26,10 @@ pub mod error;
 mod exec;
 mod files;
 pub mod hybrid;
+mod limits;
 mod logs;
 mod ops;
+mod stats;
 mod transport;
 
 pub use background::{Detached, ProcessRef};
@@ -37,4 +41,5 @@ pub use exec::{
     DEFAULT_EXEC_WINDOW,
 };
 pub use hearth_proto::pb;
+pub use limits::{format_bytes, parse_size, SizeError};
 pub use logs::{AgentLogBatch, AgentLogFollow};

@@ -124,6 +124,9 @@ message_types! {
     /// The agent's own log (CAPABILITY_AGENT_LOG).
     AgentLog = 0x30 => pb::AgentLog,
     AgentLogLines = 0x31 => pb::AgentLogLines,
+    /// Guest resource use (CAPABILITY_STATS).
+    Stats = 0x25 => pb::Stats,
+    StatsResult = 0x26 => pb::StatsResult,
     Error = 0xFF => pb::Error,
 }
 
@@ -169,9 +172,13 @@ impl Message {
         let kind = self.message_type();
         let invalid = |reason: String| Err(MessageError::Invalid { kind, reason });
         match self {
-            Message::Exec(m) => validate_argv(&m.argv).or_else(invalid),
+            Message::Exec(m) => {
+                validate_argv(&m.argv).or_else(invalid)?;
+                validate_limits(m.limits.as_ref()).or_else(invalid)
+            }
             Message::ExecStart(m) => {
                 validate_argv(&m.argv).or_else(invalid)?;
+                validate_limits(m.limits.as_ref()).or_else(invalid)?;
                 crate::background::validate_start(m).or_else(invalid)
             }
             Message::PtyResize(m) => {
@@ -243,6 +250,8 @@ impl Message {
             | Message::ProcessList(_)
             | Message::ProcessListResult(_)
             | Message::Attached(_)
+            | Message::Stats(_)
+            | Message::StatsResult(_)
             | Message::Error(_) => Ok(()),
         }
     }
@@ -257,6 +266,31 @@ fn validate_argv(argv: &[String]) -> Result<(), String> {
             None => Ok(()),
         },
     }
+}
+
+/// Smallest `ResourceLimits.memory_max_bytes` (other than 0, unlimited).
+pub const MIN_MEMORY_MAX: u64 = 1024 * 1024;
+/// Valid `ResourceLimits.cpu_max_millicpus` (other than 0, unlimited): the
+/// kernel's smallest quota (1 ms per 100 ms period) up to 1000 CPUs.
+pub const CPU_MILLIS_RANGE: std::ops::RangeInclusive<u32> = 10..=1_000_000;
+
+fn validate_limits(l: Option<&pb::ResourceLimits>) -> Result<(), String> {
+    let Some(l) = l else { return Ok(()) };
+    if l.memory_max_bytes != 0 && l.memory_max_bytes < MIN_MEMORY_MAX {
+        return Err(format!(
+            "limits.memory_max_bytes {} is below the minimum {MIN_MEMORY_MAX} (1 MiB)",
+            l.memory_max_bytes
+        ));
+    }
+    if l.cpu_max_millicpus != 0 && !CPU_MILLIS_RANGE.contains(&l.cpu_max_millicpus) {
+        return Err(format!(
+            "limits.cpu_max_millicpus {} is out of range {}..={}",
+            l.cpu_max_millicpus,
+            CPU_MILLIS_RANGE.start(),
+            CPU_MILLIS_RANGE.end()
+        ));
+    }
+    Ok(())
 }
 
 fn validate_path(field: &str, path: &str) -> Result<(), String> {
@@ -380,6 +414,8 @@ mod tests {
             (ProcessKill, 0x22),
             (AgentLog, 0x30),
             (AgentLogLines, 0x31),
+            (Stats, 0x25),
+            (StatsResult, 0x26),
             (Error, 0xFF),
         ];
         assert_eq!(
@@ -411,6 +447,7 @@ mod tests {
         );
         assert_eq!(C::AgentLog as i32, 13);
         assert_eq!([C::Pty, C::Background].map(|c| c as i32), [7, 8]);
+        assert_eq!([C::ExecLimits, C::Stats].map(|c| c as i32), [9, 10]);
         assert_eq!(
             [
                 E::BadFrame,
@@ -532,6 +569,70 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(write.encode_to_vec(), [5 << 3, 1]);
+    }
+
+    #[test]
+    fn limit_fields_keep_their_numbers() {
+        use prost::Message as _;
+        let limits = Some(pb::ResourceLimits {
+            pids_max: 1,
+            ..Default::default()
+        });
+        let start = pb::ExecStart {
+            limits,
+            ..Default::default()
+        };
+        // Field 17: a two-byte tag (17 << 3 | 2 = 0x8a 0x01), length 2, pids_max.
+        assert_eq!(start.encode_to_vec(), [0x8a, 0x01, 2, 2 << 3, 1]);
+        let exec = pb::Exec {
+            limits,
+            ..Default::default()
+        };
+        assert_eq!(exec.encode_to_vec(), [10 << 3 | 2, 2, 2 << 3, 1]);
+        let outcome = pb::ExecOutcome {
+            kind: Some(pb::exec_outcome::Kind::OomKilled(pb::OomKilled::default())),
+        };
+        assert_eq!(outcome.encode_to_vec(), [5 << 3 | 2, 0]);
+    }
+
+    #[test]
+    fn bad_limits_are_refused_naming_the_value() {
+        let start = |l: pb::ResourceLimits| {
+            Message::ExecStart(pb::ExecStart {
+                argv: vec!["true".into()],
+                limits: Some(l),
+                ..Default::default()
+            })
+            .validate()
+        };
+        let err = start(pb::ResourceLimits {
+            memory_max_bytes: 4096,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("4096"), "{err}");
+        let err = start(pb::ResourceLimits {
+            cpu_max_millicpus: 5,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("cpu_max_millicpus 5"), "{err}");
+        assert!(start(pb::ResourceLimits {
+            memory_max_bytes: MIN_MEMORY_MAX,
+            pids_max: 1,
+            cpu_max_millicpus: 10,
+        })
+        .is_ok());
+        assert!(start(pb::ResourceLimits::default()).is_ok());
+        let exec = Message::Exec(pb::Exec {
+            argv: vec!["true".into()],
+            limits: Some(pb::ResourceLimits {
+                memory_max_bytes: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(matches!(exec.validate(), Err(MessageError::Invalid { .. })));
     }
 
     #[test]

@@ -117,6 +117,15 @@ impl Agent {
             .map_err(self.err("cannot read system information"))
     }
 
+    /// One sample of the guest's resource use.
+    pub async fn stats(&self) -> Result<crate::Stats> {
+        self.client
+            .stats()
+            .await
+            .map(|r| crate::Stats::from_pb(&r))
+            .map_err(self.err("cannot read guest stats"))
+    }
+
     pub async fn ping(&self) -> Result<Duration> {
         self.client.ping().await.map_err(self.err("ping failed"))
     }

@@ -29,6 +29,8 @@ pub struct ExecSpec {
     pub window: u32,
     /// Run on a pseudo-terminal of this size (stdout and stderr merged).
     pub pty: Option<crate::background::PtySize>,
+    /// Resource limits (the exec's own cgroup in the guest).
+    pub limits: crate::Limits,
 }
 
 impl ExecSpec {
@@ -66,7 +68,7 @@ impl ExecSpec {
                 "environment variable name {k:?} is empty or contains '='"
             )));
         }
-        Ok(())
+        self.limits.validate()
     }
 
     /// Whether `stdin` rides in the start frame (else it is streamed after it).
@@ -93,6 +95,7 @@ impl ExecSpec {
                 .unwrap_or(0),
             window: self.window,
             pty: self.pty.as_ref().map(crate::background::PtySize::to_pb),
+            limits: self.limits.to_pb(),
             ..Default::default()
         }
     }
@@ -114,6 +117,11 @@ pub enum Outcome {
     TimedOut {
         signal: i32,
     },
+    /// The exec's memory limit was hit and the OOM killer ended its cgroup.
+    OomKilled {
+        memory_max_bytes: u64,
+        memory_peak_bytes: u64,
+    },
     NeverStarted {
         kind: String,
         errno: i32,
@@ -133,6 +141,10 @@ impl Outcome {
                 core_dumped: k.core_dumped,
             },
             Some(Kind::TimedOut(t)) => Outcome::TimedOut { signal: t.signal },
+            Some(Kind::OomKilled(o)) => Outcome::OomKilled {
+                memory_max_bytes: o.memory_max_bytes,
+                memory_peak_bytes: o.memory_peak_bytes,
+            },
             Some(Kind::NeverStarted(n)) => Outcome::NeverStarted {
                 kind: pb::SpawnErrorKind::try_from(n.kind)
                     .map(|k| {
@@ -149,24 +161,28 @@ impl Outcome {
     }
 
     /// Shell-style exit code: the code; 128+N when killed by signal N; 124 on
-    /// timeout; 127 when it never started (126 when not permitted); 1 unknown.
+    /// timeout; 137 when OOM-killed; 127 when it never started (126 when
+    /// not permitted); 1 unknown.
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Exited(c) => *c,
             Outcome::Killed { signal, .. } => 128 + signal,
             Outcome::TimedOut { .. } => 124,
+            Outcome::OomKilled { .. } => 137,
             Outcome::NeverStarted { kind, .. } if kind == "permission_denied" => 126,
             Outcome::NeverStarted { .. } => 127,
             Outcome::Unknown => 1,
         }
     }
 
-    /// A short machine name: exited, killed, timed_out, never_started, unknown.
+    /// A short machine name: exited, killed, timed_out, oom_killed,
+    /// never_started, unknown.
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Exited(_) => "exited",
             Outcome::Killed { .. } => "killed",
             Outcome::TimedOut { .. } => "timed_out",
+            Outcome::OomKilled { .. } => "oom_killed",
             Outcome::NeverStarted { .. } => "never_started",
             Outcome::Unknown => "unknown",
         }
@@ -186,6 +202,13 @@ impl std::fmt::Display for Outcome {
                 if *core_dumped { " (core dumped)" } else { "" }
             ),
             Outcome::TimedOut { signal } => write!(f, "timed out (ended by signal {signal})"),
+            Outcome::OomKilled {
+                memory_max_bytes, ..
+            } => write!(
+                f,
+                "killed by the OOM killer (memory limit {})",
+                hearth_client::format_bytes(*memory_max_bytes)
+            ),
             Outcome::NeverStarted {
                 kind,
                 errno,

@@ -9,6 +9,8 @@
 //!   remove, rename, tree copies in `files.rs`).
 //! - [`exec`]: [`ExecSpec`], [`Outcome`] — the one exit-code mapping.
 //! - [`logs`]: the console log and the agent's own log, snapshot or followed.
+//! - [`exec`]: [`ExecSpec`], [`Outcome`] — the one exit-code mapping;
+//!   [`limits`]: per-exec resource [`Limits`]; [`stats`]: guest [`Stats`].
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
 //! - [`reconcile`]: the pure rule from processes to statuses.
@@ -40,6 +42,7 @@ pub mod files;
 pub mod host;
 pub mod images;
 pub mod lifecycle;
+pub mod limits;
 pub mod logs;
 pub mod paths;
 pub mod progress;
@@ -47,6 +50,7 @@ pub mod reconcile;
 pub mod runtime;
 pub mod sandbox;
 pub mod state;
+pub mod stats;
 
 pub use agent::Agent;
 pub use background::{
@@ -56,11 +60,13 @@ pub use config::{Admission, Isolation, RuntimeConfig};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecOutput, ExecSpec, ExecStream, Outcome, StreamEvent};
 pub use lifecycle::{CreateSpec, PersistSpec, Removed};
+pub use limits::{format_bytes, parse_size, Limits};
 pub use logs::{LogEvent, LogFollow, LogLine, LogQuery, LogSource};
 pub use progress::{NoProgress, Progress, SharedProgress, Step};
 pub use runtime::{ListFilter, Runtime};
 pub use sandbox::Sandbox;
 pub use state::{VmRecord, VmStatus};
+pub use stats::{cpu_percent, Stats};
 
 pub use hearth_client::{pb, Endpoint, ExecControl};
 pub use hearth_vmm::{Accel, Network, QemuConfig};

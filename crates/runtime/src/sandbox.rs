@@ -213,6 +213,12 @@ impl Sandbox {
         self.call(async |a| a.system_info().await).await
     }
 
+    /// One sample of the guest's CPU, memory, disk, load, process and network
+    /// counters (see [`crate::cpu_percent`] for a rate between two).
+    pub async fn stats(&self) -> Result<crate::Stats> {
+        self.call(async |a| a.stats().await).await
+    }
+
     /// The command that prints hello world through the image's runtime (empty
     /// for the bare guest).
     pub fn hello_argv(&self) -> &[String] {

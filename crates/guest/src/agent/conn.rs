@@ -1,18 +1,19 @@
 //! One connection: send `READY`, read frames, dispatch requests, hand stream
 //! frames (stdin, signals, window updates, file chunks) to [`StreamFrames`].
 //!
-//! The reader never waits on a child or the disk: requests run in their own
-//! tasks and answer through the connection's [`Writer`]. Pings are answered
-//! right here, ahead of bulk output. When the connection closes, every request
+//! Frames are read on the connection's own thread ([`liveness`]), which also
+//! answers pings, so a busy executor never delays them. The dispatcher never
+//! waits on a child or the disk: requests run in their own tasks and answer
+//! through the connection's [`Writer`]. When the connection closes, every request
 //! still in flight is ended (exec sessions: TERM, [`CONN_GRACE`], KILL).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::os::fd::AsRawFd;
+
 use hearth_proto::message::error;
-use hearth_proto::{pb, Frame, FrameDecoder, Message, VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use hearth_proto::{pb, Frame, Message, VERSION};
 
 use super::credit::Credit;
 use super::input::Input;
@@ -22,20 +23,18 @@ use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
 use super::{
-    attach, detach, exec, file_read, file_write, files, logbuf, oneshot, process_ops, pty_session,
-    sysinfo, Shared,
+    attach, detach, exec, file_read, file_write, files, liveness, logbuf, oneshot, process_ops,
+    pty_session, stats, sysinfo, Shared,
 };
 
 /// Default output credit of a streaming exec.
 const DEFAULT_EXEC_WINDOW: u64 = 256 * 1024;
-/// Read buffer kept between frames; larger ones are released.
-const READ_BUF: usize = 64 * 1024;
 /// Grace between TERM and KILL for the sessions of a closed connection.
 pub const CONN_GRACE: Duration = Duration::from_secs(2);
 
 /// An accepted connection, split into its read and write sides.
-pub trait Conn: Send + 'static {
-    type Read: AsyncRead + Unpin + Send + 'static;
+pub trait Conn: AsRawFd + Send + 'static {
+    type Read: Send + 'static;
     type Write: ConnWrite + 'static;
     fn into_halves(self) -> (Self::Read, Self::Write);
 }
@@ -57,8 +56,11 @@ impl Conn for tokio_vsock::VsockStream {
 }
 
 /// Serves one accepted connection until the host closes it or breaks framing.
+/// Frames are read (and pings answered) by a thread of their own
+/// ([`liveness`]); this task dispatches the rest.
 pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
-    let (mut rd, wr) = stream.into_halves();
+    let fd = stream.as_raw_fd();
+    let (rd, wr) = stream.into_halves();
     let writer = Writer::spawn(wr, shared.max_frame_len);
     if writer
         .send(0, &Message::Ready(shared.ready.clone()))
@@ -69,6 +71,22 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
     }
     let routes = Routes::default();
     let (closed_tx, closed) = tokio::sync::watch::channel(false);
+    // The thread holds the read half, which keeps `fd` open while it reads.
+    let spawned = liveness::spawn(fd, rd, shared.max_frame_len, writer.clone(), routes.clone());
+    let mut events = match spawned {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "starting the connection's reader thread failed");
+            let err = error(
+                pb::ErrorCode::Internal,
+                format!("agent cannot serve: {e}"),
+                0,
+            );
+            let _ = writer.send(0, &err).await;
+            writer.close().await;
+            return;
+        }
+    };
     let mut cx = Cx {
         closed,
         streams: StreamFrames::new(routes.clone(), writer.clone()),
@@ -76,28 +94,11 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
         routes: routes.clone(),
         shared,
     };
-    let decoder = FrameDecoder::new(cx.shared.max_frame_len);
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    loop {
-        match decoder.decode(&mut buf) {
-            Ok(Some(frame)) => {
-                if buf.is_empty() && buf.capacity() > READ_BUF {
-                    buf = BytesMut::with_capacity(8 * 1024);
-                }
-                dispatch(frame, &mut cx).await;
-            }
-            Ok(None) => match rd.read_buf(&mut buf).await {
-                Ok(0) => {
-                    tracing::debug!("connection closed by the host");
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection read failed");
-                    break;
-                }
-            },
-            Err(e) => {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            liveness::Event::Frame(frame) => dispatch(frame, &mut cx).await,
+            liveness::Event::Closed => break,
+            liveness::Event::Bad(e) => {
                 tracing::warn!(error = %e, "framing error, closing the connection");
                 let _ = writer
                     .send(0, &error(pb::ErrorCode::BadFrame, e.to_string(), 0))
@@ -229,6 +230,7 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
             reply(writer, seq, process_ops::kill(&cx.shared.procs, &k)).await
         }
         Message::Attach(req) => start_attach(req, seq, cx).await,
+        Message::Stats(_) => stats::answer(seq, writer.clone()),
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)
@@ -244,6 +246,7 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         | Message::AgentLogLines(_)
         | Message::ProcessListResult(_)
         | Message::Attached(_)
+        | Message::StatsResult(_)
         | Message::Error(_)) => {
             let msg = format!(
                 "{} is not a request the agent serves",
@@ -348,7 +351,10 @@ async fn start_session(req: pb::ExecStart, seq: u32, cx: &Cx) {
         req.user.as_ref(),
         req.clear_env,
     )
-    .and_then(|spec| exec::spawn(&spec, req.stdin_open || !req.stdin.is_empty()));
+    .and_then(|spec| {
+        let want_stdin = req.stdin_open || !req.stdin.is_empty();
+        exec::spawn_limited(&spec, want_stdin, req.limits.as_ref())
+    });
     let spawned = match spawned {
         Ok(s) => s,
         Err(ns) => {

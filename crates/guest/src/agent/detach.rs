@@ -27,6 +27,9 @@ pub struct Started {
     /// The stdin pipe's write end, when it takes input without a pty.
     pub stdin: Option<OwnedFd>,
     pub started: Instant,
+    /// Its own cgroup (limits, and the teardown that also reaches what left
+    /// the process group), when cgroups are available.
+    pub cgroup: Option<super::cgroup::Group>,
 }
 
 /// Spawns for a request on a pty (when `pty` is set) or on pipes.
@@ -40,7 +43,7 @@ pub fn spawn(req: &pb::ExecStart) -> Result<Started, pb::NeverStarted> {
     )?;
     match &req.pty {
         Some(p) => {
-            let s = pty::spawn_on_pty(&spec, p)?;
+            let s = pty::spawn_on_pty(&spec, p, req.limits.as_ref())?;
             let master = pty::dup(&s.master).map_err(|e| {
                 exec::signal_group(s.pid, libc::SIGKILL);
                 exec::never_started(
@@ -56,10 +59,12 @@ pub fn spawn(req: &pb::ExecStart) -> Result<Started, pb::NeverStarted> {
                 master: Some(Arc::new(master)),
                 stdin: None,
                 started: s.started,
+                cgroup: s.cgroup,
             })
         }
         None => {
-            let s = exec::spawn(&spec, req.stdin_open || !req.stdin.is_empty())?;
+            let want_stdin = req.stdin_open || !req.stdin.is_empty();
+            let s = exec::spawn_limited(&spec, want_stdin, req.limits.as_ref())?;
             Ok(Started {
                 pid: s.pid,
                 pidfd: s.pidfd,
@@ -70,6 +75,7 @@ pub fn spawn(req: &pb::ExecStart) -> Result<Started, pb::NeverStarted> {
                 master: None,
                 stdin: s.stdin,
                 started: s.started,
+                cgroup: s.cgroup,
             })
         }
     }
@@ -170,7 +176,7 @@ pub async fn start(req: pb::ExecStart, seq: u32, writer: &Writer, shared: &Arc<S
     let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
     tracing::debug!(seq, pid = s.pid, tag = %req.tag, "background process started");
     tokio::spawn(procs::run(
-        proc, s.pidfd, s.output, s.started, timeout, registered,
+        proc, s.pidfd, s.output, s.started, timeout, registered, s.cgroup,
     ));
     let started = Message::ExecStarted(pb::ExecStarted { pid: s.pid as u32 });
     let _ = writer.send(seq, &started).await;

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use hearth_proto::pb;
 use hearth_proto::pb::SpawnErrorKind as Kind;
 use hearth_proto::{errno_text, os_error_text};
 
+use super::cgroup::Group;
 use super::spawn;
 use super::user::{self, Identity};
 
@@ -43,6 +44,8 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub started: Instant,
+    /// The exec's own cgroup, when cgroups are available.
+    pub cgroup: Option<Group>,
 }
 
 /// How a child that ran ended.
@@ -147,8 +150,23 @@ pub fn prepare(
     })
 }
 
-/// Spawns `spec` with piped stdio (see [`spawn`](super::spawn) for how).
-pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted> {
+/// Spawns `spec` with piped stdio (see [`spawn`](super::spawn) for how), in
+/// a fresh cgroup with `limits` when cgroups are available (see
+/// [`super::cgroup`]).
+pub fn spawn_limited(
+    spec: &Spec,
+    want_stdin: bool,
+    limits: Option<&pb::ResourceLimits>,
+) -> Result<Spawned, pb::NeverStarted> {
+    let cgroup = super::cgroup::create(limits)?;
+    spawn_in(spec, want_stdin, cgroup)
+}
+
+fn spawn_in(
+    spec: &Spec,
+    want_stdin: bool,
+    cgroup: Option<Group>,
+) -> Result<Spawned, pb::NeverStarted> {
     let os = |e: io::Error| {
         let errno = e.raw_os_error().unwrap_or(0);
         never_started(
@@ -168,6 +186,9 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
         is_root && spec.identity.uid.is_some(),
     )
     .map_err(|e| never_started(Kind::InvalidArgument, libc::EINVAL, e.to_string()))?;
+    if let Some(g) = &cgroup {
+        plan.join_cgroup(&g.procs);
+    }
     // Without stdin to feed, the child reads /dev/null: end of file at once,
     // like a pipe whose write end is closed, for one fewer pipe.
     let null = if want_stdin { None } else { dev_null() };
@@ -195,6 +216,17 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
                 format!(
                     "switching to uid {:?} gid {:?}: {msg}",
                     spec.identity.uid, spec.identity.gid
+                ),
+            ),
+            spawn::Stage::Cgroup => never_started(
+                Kind::Other,
+                e.errno,
+                format!(
+                    "joining cgroup {}: {msg}",
+                    cgroup
+                        .as_ref()
+                        .map_or(Path::new("?"), |g| g.path())
+                        .display()
                 ),
             ),
             spawn::Stage::Exec | spawn::Stage::Stdio | spawn::Stage::Setsid => never_started(
@@ -227,6 +259,7 @@ pub fn spawn(spec: &Spec, want_stdin: bool) -> Result<Spawned, pb::NeverStarted>
         stdout: out_r,
         stderr: err_r,
         started,
+        cgroup,
     })
 }
 
@@ -353,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn missing_program_never_starts_with_enoent() {
         let spec = prepare(&["/nonexistent/prog".into()], &[], "", None, false).unwrap();
-        let ns = spawn(&spec, false)
+        let ns = spawn_limited(&spec, false, None)
             .err()
             .expect("spawn of a missing program must fail");
         assert_eq!((ns.kind, ns.errno), (Kind::NotFound as i32, libc::ENOENT));

@@ -3,6 +3,7 @@
 //! - [`listen`]: the Unix socket, which appears only once it listens.
 //! - [`conn`]: one connection — reader, request dispatch; [`routes`]: the
 //!   requests in flight and where stream frames for them go.
+//! - [`liveness`]: the connection's reader thread, which answers pings itself.
 //! - [`writer`]: the connection's single writer task (bounded queues, pongs first).
 //!   [`splice`]: output chunks moved pipe → socket with `splice(2)`.
 //! - [`exec`]: preparing a child (user, env, cwd, pipes) and decoding its
@@ -21,12 +22,15 @@
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
 //! - [`logbuf`]: the agent's own log in a bounded ring, for `AGENT_LOG`.
+//! - [`sysinfo`]: the `SYSTEM_INFO` answer; [`stats`]: the `STATS` answer.
+//! - [`cgroup`]: every exec's own cgroup v2 (limits, `cgroup.kill`, OOM).
 //!
 //! On SIGTERM, SIGINT (init forwards both) or `SHUTDOWN` the agent stops
 //! accepting, sends TERM to every session's process group, KILLs what is left
 //! after [`SHUTDOWN_GRACE`], and exits 0.
 
 mod attach;
+mod cgroup;
 mod conn;
 #[cfg(test)]
 mod conn_tests;
@@ -40,6 +44,7 @@ mod follow;
 mod input;
 mod lifecycle;
 mod listen;
+mod liveness;
 mod logbuf;
 mod oneshot;
 mod outbuf;
@@ -52,6 +57,7 @@ mod routes;
 mod session;
 mod spawn;
 mod splice;
+mod stats;
 mod stdin;
 mod sysinfo;
 mod user;
@@ -243,6 +249,8 @@ fn all_capabilities() -> u64 {
         C::Pty,
         C::Background,
         C::AgentLog,
+        C::ExecLimits,
+        C::Stats,
     ]
     .into_iter()
     .map(capability_bit)
@@ -443,7 +451,8 @@ mod tests {
 
     #[test]
     fn capabilities_cover_every_value() {
-        // Every value of the enum, whatever other features add.
+        // Every `Capability` value the schema defines (a gap in the numbers
+        // is a value someone else has yet to add).
         let every = (0..64)
             .filter_map(|v| pb::Capability::try_from(v).ok())
             .map(capability_bit)

@@ -63,7 +63,7 @@ async fn execute(req: pb::Exec, max_frame_len: u32, ctl: Arc<Ctl>) -> pb::ExecRe
         Ok(s) => s,
         Err(ns) => return never(ns),
     };
-    let spawned = match exec::spawn(&spec, !req.stdin.is_empty()) {
+    let spawned = match exec::spawn_limited(&spec, !req.stdin.is_empty(), req.limits.as_ref()) {
         Ok(s) => s,
         Err(ns) => return never(ns),
     };

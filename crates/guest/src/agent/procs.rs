@@ -346,9 +346,18 @@ pub async fn run(
     started: Instant,
     timeout: Option<Duration>,
     registered: Registered,
+    cgroup: Option<super::cgroup::Group>,
 ) {
     let _registered = registered;
     let pid = proc.pid;
+    // SIGKILL for the process group and, with a cgroup, everything in it
+    // (also what left the group with setsid).
+    let kill_all = |pid: i32| {
+        signal_group(pid, libc::SIGKILL);
+        if let Some(g) = &cgroup {
+            g.kill();
+        }
+    };
     let srcs: std::io::Result<Vec<Src>> = match output {
         Output::Pty(m) => Src::new(m, false, true).map(|s| vec![s]),
         Output::Pipes { stdout, stderr } => {
@@ -362,9 +371,9 @@ pub async fn run(
         (Ok(s), Ok(p)) => (s, p),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(pid, error = %e, "registering a process's descriptors failed");
-            signal_group(pid, libc::SIGKILL);
+            kill_all(pid);
             let _ = tokio::task::spawn_blocking(move || spawn::reap(pid, 0)).await;
-            finish(&proc, Termination::Exited(-1), None, started);
+            finish(&proc, Termination::Exited(-1), None, None, started);
             return;
         }
     };
@@ -415,7 +424,7 @@ pub async fn run(
                         Ok(Some(st)) => {
                             status = Some(decode_status(st));
                             if timed_out.is_some() || ending {
-                                signal_group(pid, libc::SIGKILL);
+                                kill_all(pid);
                             }
                             let now = tokio::time::Instant::now();
                             drain_quiet = Some(now + DRAIN_QUIET);
@@ -440,7 +449,7 @@ pub async fn run(
                 None
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
-                signal_group(pid, libc::SIGKILL);
+                kill_all(pid);
                 if timed_out.is_some() {
                     timed_out = Some(libc::SIGKILL);
                 }
@@ -450,7 +459,7 @@ pub async fn run(
             _ = proc.ctl.woken() => {
                 let orders = proc.ctl.take();
                 if orders.kill {
-                    signal_group(pid, libc::SIGKILL);
+                    kill_all(pid);
                     ending = true;
                 }
                 if let (Some(grace), false) = (orders.end, ending) {
@@ -475,23 +484,43 @@ pub async fn run(
             }
         }
     }
-    finish(
-        &proc,
-        status.unwrap_or(Termination::Exited(-1)),
-        timed_out,
-        started,
-    );
+    let term = status.unwrap_or(Termination::Exited(-1));
+    // An OOM kill counts only when it took the leader (as for sessions).
+    let oom = match (&cgroup, term) {
+        (
+            Some(g),
+            Termination::Killed {
+                signal: libc::SIGKILL,
+                ..
+            },
+        ) => g.oom_killed(),
+        _ => None,
+    };
+    if let Some(g) = cgroup {
+        // Nothing of the process outlives its exit status; the empty group
+        // is removed after.
+        g.kill();
+        tokio::spawn(g.remove());
+    }
+    finish(&proc, term, timed_out, oom, started);
 }
 
-fn finish(proc: &Proc, term: Termination, timed_out: Option<i32>, started: Instant) {
-    let outcome = match timed_out {
-        Some(sent) => pb::exec_outcome::Kind::TimedOut(pb::TimedOut {
+fn finish(
+    proc: &Proc,
+    term: Termination,
+    timed_out: Option<i32>,
+    oom: Option<pb::OomKilled>,
+    started: Instant,
+) {
+    let outcome = match (timed_out, oom) {
+        (_, Some(o)) => pb::exec_outcome::Kind::OomKilled(o),
+        (None, None) => term.outcome(),
+        (Some(sent), None) => pb::exec_outcome::Kind::TimedOut(pb::TimedOut {
             signal: match term {
                 Termination::Killed { signal, .. } => signal,
                 Termination::Exited(_) => sent,
             },
         }),
-        None => term.outcome(),
     };
     {
         let mut s = proc.lock();

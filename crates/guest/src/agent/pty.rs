@@ -35,6 +35,8 @@ pub struct PtySpawned {
     /// The master, non-blocking.
     pub master: OwnedFd,
     pub started: Instant,
+    /// The exec's own cgroup, when cgroups are available.
+    pub cgroup: Option<super::cgroup::Group>,
 }
 
 fn side(v: u32, default: u16) -> u16 {
@@ -109,7 +111,11 @@ pub fn term(p: &pb::PtySpec) -> &str {
 }
 
 /// Spawns `spec` on a new pty (`TERM` set from `p`); failures are `never_started`.
-pub fn spawn_on_pty(spec: &Spec, p: &pb::PtySpec) -> Result<PtySpawned, pb::NeverStarted> {
+pub fn spawn_on_pty(
+    spec: &Spec,
+    p: &pb::PtySpec,
+    limits: Option<&pb::ResourceLimits>,
+) -> Result<PtySpawned, pb::NeverStarted> {
     let os = |what: &str, e: io::Error| {
         let errno = e.raw_os_error().unwrap_or(0);
         never_started(
@@ -137,6 +143,10 @@ pub fn spawn_on_pty(spec: &Spec, p: &pb::PtySpec) -> Result<PtySpawned, pb::Neve
     )
     .map_err(|e| never_started(Kind::InvalidArgument, libc::EINVAL, e.to_string()))?;
     plan.ctty = true;
+    let cgroup = super::cgroup::create(limits)?;
+    if let Some(g) = &cgroup {
+        plan.join_cgroup(&g.procs);
+    }
     let (master, slave) = open_pair(p.rows, p.cols).map_err(|e| os("opening a pty", e))?;
     let started = Instant::now();
     let child = spawn::start(&mut plan, &slave, &slave, &slave).map_err(|e| {
@@ -153,6 +163,17 @@ pub fn spawn_on_pty(spec: &Spec, p: &pb::PtySpec) -> Result<PtySpawned, pb::Neve
                 format!(
                     "switching to uid {:?} gid {:?}: {msg}",
                     spec.identity.uid, spec.identity.gid
+                ),
+            ),
+            spawn::Stage::Cgroup => never_started(
+                Kind::Other,
+                e.errno,
+                format!(
+                    "joining cgroup {}: {msg}",
+                    cgroup
+                        .as_ref()
+                        .map_or(std::path::Path::new("?"), |g| g.path())
+                        .display()
                 ),
             ),
             spawn::Stage::Setsid => never_started(
@@ -178,6 +199,7 @@ pub fn spawn_on_pty(spec: &Spec, p: &pb::PtySpec) -> Result<PtySpawned, pb::Neve
         pidfd: child.pidfd,
         master,
         started,
+        cgroup,
     })
 }
 

@@ -118,6 +118,7 @@ async fn run(
         s.started,
         timeout,
         registered,
+        s.cgroup,
     ));
     let ended = follow::follow(Follow {
         proc,

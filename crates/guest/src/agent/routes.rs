@@ -82,6 +82,15 @@ impl Routes {
         }
     }
 
+    /// The output credit of the exec session or file read `seq`, if one is
+    /// in flight (for the reader thread's fast path of `WINDOW_UPDATE`).
+    pub fn credit(&self, seq: u32) -> Option<Arc<Credit>> {
+        match self.lock().map.get(&seq)? {
+            Route::Exec { credit, .. } | Route::FileRead(credit) => Some(credit.clone()),
+            Route::FileWrite(_) => None,
+        }
+    }
+
     pub fn contains(&self, seq: u32) -> bool {
         self.lock().map.contains_key(&seq)
     }

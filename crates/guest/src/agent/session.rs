@@ -174,7 +174,17 @@ pub async fn run(
         stdout,
         stderr,
         started,
+        cgroup,
     } = sp;
+    // SIGKILL for the process group and, with a cgroup, everything in it
+    // (also what left the group with setsid).
+    let kill_all = |pid: i32| {
+        signal_group(pid, libc::SIGKILL);
+        if let Some(g) = &cgroup {
+            g.kill();
+        }
+    };
+    let mut swept = false;
     let started = Instant::from_std(started);
     // SAFETY: the pidfd is moved into the AsyncFd, so it stays open and names
     // the same child for the AsyncFd's whole life.
@@ -256,7 +266,7 @@ pub async fn run(
                 if timed_out.is_some() || ending {
                     // A timeout or an ended session ends the whole group,
                     // grandchildren included.
-                    signal_group(pid, libc::SIGKILL);
+                    kill_all(pid);
                 }
                 drain_until = Some(Instant::now() + DRAIN);
                 None
@@ -270,7 +280,7 @@ pub async fn run(
                 None
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
-                signal_group(pid, libc::SIGKILL);
+                kill_all(pid);
                 if timed_out.is_some() {
                     timed_out = Some(libc::SIGKILL);
                 }
@@ -287,7 +297,7 @@ pub async fn run(
                     }
                 }
                 if orders.kill {
-                    signal_group(pid, libc::SIGKILL);
+                    kill_all(pid);
                     ending = true;
                     term_at = None;
                     kill_at = None;
@@ -300,12 +310,20 @@ pub async fn run(
                         term_at = None;
                         kill_at = Some(Instant::now() + grace);
                     } else {
-                        signal_group(pid, libc::SIGKILL);
+                        kill_all(pid);
                     }
                 }
                 None
             }
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                // The leader is gone: what is left of its cgroup (background
+                // jobs holding the pipes) goes too.
+                if !swept {
+                    if let Some(g) = &cgroup {
+                        g.kill();
+                        swept = true;
+                    }
+                }
                 // Output already in a pipe is the child's, not a straggler's: it
                 // waits for the host's credit instead of being dropped.
                 if streams.iter().any(|s| s.open && !s.over_cap() && pending(s) > 0) {
@@ -329,14 +347,31 @@ pub async fn run(
         let _ = t.await;
     }
     let term = status.unwrap_or(Termination::Exited(-1));
-    let outcome = match timed_out {
-        Some(sent) => pb::exec_outcome::Kind::TimedOut(pb::TimedOut {
-            signal: match term {
-                Termination::Killed { signal, .. } => signal,
-                Termination::Exited(_) => sent,
-            },
-        }),
-        None => term.outcome(),
+    let oom = cgroup.as_ref().and_then(|g| g.oom_killed());
+    if let Some(g) = cgroup {
+        // Nothing of the exec outlives its terminal frame; removing the empty
+        // group can happen after it.
+        g.kill();
+        tokio::spawn(g.remove());
+    }
+    let oom_signalled = matches!(
+        term,
+        Termination::Killed {
+            signal: libc::SIGKILL,
+            ..
+        }
+    );
+    let outcome = match (oom, timed_out) {
+        (Some(o), _) if oom_signalled => pb::exec_outcome::Kind::OomKilled(o),
+        (_, timed_out) => match timed_out {
+            Some(sent) => pb::exec_outcome::Kind::TimedOut(pb::TimedOut {
+                signal: match term {
+                    Termination::Killed { signal, .. } => signal,
+                    Termination::Exited(_) => sent,
+                },
+            }),
+            None => term.outcome(),
+        },
     };
     let [o, e] = &streams;
     Summary {

@@ -38,6 +38,7 @@ pub enum Stage {
     Setsid = 3,
     Credentials = 4,
     Exec = 5,
+    Cgroup = 6,
 }
 
 impl Stage {
@@ -47,6 +48,7 @@ impl Stage {
             2 => Stage::Chdir,
             3 => Stage::Setsid,
             4 => Stage::Credentials,
+            6 => Stage::Cgroup,
             _ => Stage::Exec,
         }
     }
@@ -65,6 +67,9 @@ pub struct Plan {
     sh_argv: Vec<*const c_char>,
     sh: *const c_char,
     cwd: *const c_char,
+    /// `cgroup.procs` of the exec's cgroup, which the child joins first;
+    /// null for none.
+    cgroup_procs: *const c_char,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub set_groups: bool,
@@ -148,11 +153,24 @@ impl Plan {
             sh_argv,
             sh,
             cwd,
+            cgroup_procs: std::ptr::null(),
             uid,
             gid,
             set_groups,
             ctty: false,
         })
+    }
+}
+
+impl Plan {
+    /// Makes the child join the cgroup whose `cgroup.procs` is `procs` before
+    /// anything else (so before it drops privileges or execs). Writing `0`
+    /// moves the writer itself.
+    pub fn join_cgroup(&mut self, procs: &std::ffi::CStr) {
+        let s = CString::from(procs);
+        // The CString's buffer does not move when `_strings` grows.
+        self.cgroup_procs = s.as_ptr();
+        self._strings.push(s);
     }
 }
 
@@ -401,6 +419,24 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     unsafe {
         let ctx = &*(arg as *const ChildCtx);
         let plan = &mut *ctx.plan;
+        if !plan.cgroup_procs.is_null() {
+            match sys(
+                libc::SYS_openat,
+                libc::AT_FDCWD as usize,
+                plan.cgroup_procs as usize,
+                (libc::O_WRONLY | libc::O_CLOEXEC) as usize,
+                0,
+            ) {
+                Ok(fd) => {
+                    let r = sys(libc::SYS_write, fd as usize, c"0".as_ptr() as usize, 1, 0);
+                    let _ = sys(libc::SYS_close, fd as usize, 0, 0, 0);
+                    if let Err(e) = r {
+                        child_fail(ctx, Stage::Cgroup, e);
+                    }
+                }
+                Err(e) => child_fail(ctx, Stage::Cgroup, e),
+            }
+        }
         for (from, to) in [(ctx.stdin, 0), (ctx.stdout, 1), (ctx.stderr, 2)] {
             if let Err(e) = sys(libc::SYS_dup3, from as usize, to, 0, 0) {
                 child_fail(ctx, Stage::Stdio, e);

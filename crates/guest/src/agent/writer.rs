@@ -83,6 +83,9 @@ pub struct Writer {
     /// Frames given to `send` and queued on `prio` but not yet written: while
     /// any is, `send` queues too, so sends keep their order.
     prio_pending: Arc<AtomicUsize>,
+    /// Threads waiting in [`Writer::with_socket_blocking`]: while any is, the
+    /// writer task hands the socket over at the next frame boundary of its batch.
+    waiters: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -95,6 +98,7 @@ impl Writer {
         let (prio, prio_rx) = mpsc::channel(PRIO_QUEUE);
         let splice_ok = Arc::new(AtomicBool::new(sink.can_splice()));
         let prio_pending = Arc::new(AtomicUsize::new(0));
+        let waiters = Arc::new(AtomicUsize::new(0));
         let sink: Sink = Arc::new(tokio::sync::Mutex::new(Box::new(sink)));
         tokio::spawn(run(
             sink.clone(),
@@ -102,6 +106,7 @@ impl Writer {
                 data: data_rx,
                 prio: prio_rx,
                 prio_pending: prio_pending.clone(),
+                waiters: waiters.clone(),
             },
             max_frame_len,
             splice_ok.clone(),
@@ -113,6 +118,7 @@ impl Writer {
             max_frame_len,
             splice_ok,
             prio_pending,
+            waiters,
         }
     }
 
@@ -145,6 +151,22 @@ impl Writer {
 
     pub fn max_frame_len(&self) -> u32 {
         self.max_frame_len
+    }
+
+    /// Runs `f` holding the socket lock, from a thread outside the runtime
+    /// (the connection's reader thread writes pongs this way): `f` may write
+    /// whole frames to the socket's fd; nothing else writes meanwhile, and
+    /// no frame of the writer is half-written when `f` starts.
+    ///
+    /// The writer task yields the lock at the next frame boundary of a batch
+    /// in progress, so this waits for at most one frame of it.
+    pub fn with_socket_blocking<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let sink = self.sink.blocking_lock();
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        let r = f();
+        drop(sink);
+        r
     }
 
     /// Queues a bulk frame (output or file chunk); waits while the queue is full.
@@ -237,6 +259,7 @@ struct Queues {
     data: mpsc::Receiver<Out>,
     prio: mpsc::Receiver<Out>,
     prio_pending: Arc<AtomicUsize>,
+    waiters: Arc<AtomicUsize>,
 }
 
 async fn run(sink: Sink, queues: Queues, max_frame_len: u32, splice_flag: Arc<AtomicBool>) {
@@ -244,6 +267,7 @@ async fn run(sink: Sink, queues: Queues, max_frame_len: u32, splice_flag: Arc<At
         data: mut data_rx,
         prio: mut prio_rx,
         prio_pending,
+        waiters,
     } = queues;
     // Small frames are encoded into `small`; a batch is the list of buffers
     // written with one `writev` (or a few, if the socket takes less).
@@ -321,11 +345,14 @@ async fn run(sink: Sink, queues: Queues, max_frame_len: u32, splice_flag: Arc<At
             parts.push_back(small.split().freeze());
         }
         {
-            let mut sink = sink.lock().await;
-            if let Err(e) = write_parts(&mut *sink, &mut parts).await {
-                tracing::debug!(error = %e, "connection write failed");
-                return;
-            }
+            let guard = sink.lock().await;
+            let mut sink = match write_parts(&sink, guard, &mut parts, &waiters).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection write failed");
+                    return;
+                }
+            };
             if let Some((pipe, n, done)) = spliced.take() {
                 let r = splice::body(&mut **sink, pipe.as_raw_fd(), n, &mut splice_ok).await;
                 if !splice_ok {
@@ -358,12 +385,18 @@ async fn run(sink: Sink, queues: Queues, max_frame_len: u32, splice_flag: Arc<At
     let _ = sink.lock().await.shutdown().await;
 }
 
-/// Writes every buffer in `parts`, in order, with vectored writes.
-async fn write_parts<W>(sink: &mut W, parts: &mut VecDeque<Bytes>) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
+/// Writes every buffer in `parts`, in order, with vectored writes. Every
+/// buffer but the last ends at a frame boundary (only the last may end in a
+/// spliced frame's header): there, when a thread waits for the socket
+/// ([`Writer::with_socket_blocking`]), the lock is handed over and taken back.
+async fn write_parts<'a>(
+    lock: &'a Sink,
+    mut guard: tokio::sync::MutexGuard<'a, Box<dyn ConnWrite>>,
+    parts: &mut VecDeque<Bytes>,
+    waiters: &AtomicUsize,
+) -> std::io::Result<tokio::sync::MutexGuard<'a, Box<dyn ConnWrite>>> {
     while !parts.is_empty() {
+        let sink = &mut **guard;
         let n = {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
@@ -377,6 +410,7 @@ where
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         let mut left = n;
+        let mut at_boundary = false;
         while left > 0 {
             let Some(front) = parts.front_mut() else {
                 break;
@@ -384,13 +418,20 @@ where
             if front.len() <= left {
                 left -= front.len();
                 parts.pop_front();
+                at_boundary = left == 0;
             } else {
                 front.advance(left);
                 left = 0;
             }
         }
+        if at_boundary && !parts.is_empty() && waiters.load(Ordering::Acquire) > 0 {
+            sink.flush().await?;
+            drop(guard);
+            // tokio's mutex is fair: the waiting thread gets it before us.
+            guard = lock.lock().await;
+        }
     }
-    Ok(())
+    Ok(guard)
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub struct Args {
     /// Seconds before the command is killed (exit code 124).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub limits: crate::limit_flags::LimitArgs,
     /// Print one JSON object per VM instead of streaming output.
     #[arg(long)]
     pub json: bool,
@@ -58,11 +60,13 @@ async fn one(sb: &Sandbox, a: &Args) -> hearth_runtime::Result<serde_json::Value
     if let Some(cmd) = &a.cmd {
         let mut spec = ExecSpec::shell(cmd);
         spec.timeout = a.timeout;
+        spec.limits = a.limits.limits();
         let r = sb.exec(&spec).await?;
         return Ok(serde_json::json!({
             "id": id,
             "exit_code": r.exit.outcome.exit_code(),
             "outcome": r.exit.outcome.to_string(),
+            "kind": r.exit.outcome.kind(),
             "stdout": String::from_utf8_lossy(&r.stdout),
             "stderr": String::from_utf8_lossy(&r.stderr),
         }));
@@ -117,6 +121,7 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
                 let mut signals = Signals::install()?;
                 let mut spec = ExecSpec::shell(cmd);
                 spec.timeout = a.timeout;
+                spec.limits = a.limits.limits();
                 let s = sb.exec_stream(&spec).await?;
                 return match exec_io::stream(s, &mut signals, StreamOpts::default()).await {
                     Ok(r) => Ok(exec_io::report("/bin/sh", &r.exit.outcome)),

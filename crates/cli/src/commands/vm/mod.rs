@@ -14,6 +14,7 @@ pub mod run;
 pub mod select;
 pub mod shell;
 pub mod start;
+pub mod stats;
 pub mod stop;
 
 use hearth_runtime::Runtime;
@@ -38,6 +39,8 @@ pub enum Cmd {
     List(list::Args),
     /// Show a VM's console or agent log (--tail, --since, --follow).
     Logs(logs::Args),
+    /// Show a VM's CPU, memory, disk, load, process and network use.
+    Stats(stats::Args),
     /// Stop VMs (the records stay; see `clean`).
     Stop(stop::Args),
     /// Stop VMs and remove their directories, records and persist volumes.
@@ -61,6 +64,7 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::Exec(a) => exec::run(state, a).await,
         Cmd::List(a) => list::run(state, a).await,
         Cmd::Logs(a) => logs::run(state, a).await,
+        Cmd::Stats(a) => stats::run(state, a).await,
         Cmd::Stop(a) => stop::run(state, a).await,
         Cmd::Clean(a) => clean::run(state, a).await,
         Cmd::Shell(a) => shell::run(state, a).await,

@@ -22,6 +22,8 @@ pub struct Args {
     /// Seconds before the command's process group is killed (exit code 124).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub limits: crate::limit_flags::LimitArgs,
 }
 
 pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
@@ -37,6 +39,7 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let mut spec = ExecSpec::shell(&a.cmd);
     spec.cwd = Some("/in".into());
     spec.timeout = a.timeout;
+    spec.limits = a.limits.limits();
     let s = sb.exec_stream(&spec).await?;
     match exec_io::stream(s, &mut signals, StreamOpts::default()).await {
         Ok(r) => Ok(exec_io::report("/bin/sh", &r.exit.outcome)),
