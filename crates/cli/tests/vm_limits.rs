@@ -277,3 +277,84 @@ fn stats_report_the_vm_memory_and_root_disk() {
         assert!(table.contains(word), "{word}: {table}");
     }
 }
+
+/// `vm ps --json` entry of the process with this tag.
+fn ps_entry(env: &Env, id: &str, tag: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(env.ok(&["vm", "ps", "--vm", id, "--json"]).trim()).unwrap();
+    v.as_array()
+        .and_then(|a| a.iter().find(|p| p["tag"] == tag).cloned())
+        .unwrap_or_else(|| panic!("no process tagged {tag} in {v}"))
+}
+
+#[test]
+fn background_processes_get_limits_and_their_cgroup_is_torn_down() {
+    let _g = vm_lock();
+    let env = Env::new();
+    let id = env.create(&[]);
+    // A detached memory hog ends oom_killed, as a foreground exec does.
+    env.ok(&[
+        "vm",
+        "exec",
+        "--vm",
+        &id,
+        "--detach",
+        "--tag",
+        "hog",
+        "--memory",
+        "64M",
+        "--cmd",
+        "head -c 209715200 /dev/zero | tail",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let hog = loop {
+        let p = ps_entry(&env, &id, "hog");
+        if p["state"] == "exited" {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hog still runs: {p}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(hog["kind"], "oom_killed", "{hog}");
+    assert_eq!(hog["exit_code"], 137, "{hog}");
+
+    // Killing a detached process also ends what left its process group.
+    env.ok(&[
+        "vm",
+        "exec",
+        "--vm",
+        &id,
+        "--detach",
+        "--tag",
+        "svc",
+        "--cmd",
+        "setsid sleep 1003 > /dev/null 2>&1 < /dev/null & sleep 1004",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while guest_procs(&env, &id, "sleep 1003").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the setsid child never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    env.ok(&["vm", "kill", "--vm", &id, "svc", "--signal", "KILL"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: Vec<_> = ["sleep 1003", "sleep 1004"]
+            .iter()
+            .flat_map(|p| guest_procs(&env, &id, p))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left after vm kill: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

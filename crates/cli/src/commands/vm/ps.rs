@@ -38,6 +38,7 @@ pub fn json(p: &ProcessInfo) -> serde_json::Value {
         "started_unix_ms": p.started_unix_ms,
         "exit_code": p.outcome.as_ref().map(|o| o.exit_code()),
         "outcome": p.outcome.as_ref().map(|o| o.to_string()),
+        "kind": p.outcome.as_ref().map(|o| o.kind()),
         "pty": p.pty,
         "output_bytes": p.output_bytes,
         "retained_from": p.retained_from,
