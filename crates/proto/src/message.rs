@@ -112,6 +112,18 @@ message_types! {
     SystemInfo = 0x1A => pb::SystemInfo,
     SystemInfoResult = 0x1B => pb::SystemInfoResult,
     Shutdown = 0x1C => pb::Shutdown,
+    /// Opens a watch stream (its seq names it).
+    Watch = 0x28 => pb::Watch,
+    WatchEvent = 0x29 => pb::WatchEvent,
+    /// Opens a port stream to a guest TCP port (its seq names it).
+    PortOpen = 0x2A => pb::PortOpen,
+    PortOpened = 0x2B => pb::PortOpened,
+    /// Port stream bytes, both directions; `eof` half-closes.
+    PortData = 0x2C => pb::PortData,
+    /// Host to guest: end a watch or port stream.
+    StreamClose = 0x2D => pb::StreamClose,
+    /// Guest to host: the terminal frame of a watch or port stream.
+    StreamEnd = 0x2E => pb::StreamEnd,
     Error = 0xFF => pb::Error,
 }
 
@@ -176,6 +188,13 @@ impl Message {
                 validate_path("from", &m.from).or_else(invalid)?;
                 validate_path("to", &m.to).or_else(invalid)
             }
+            Message::Watch(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::PortOpen(m) => {
+                if m.port == 0 || m.port > u16::MAX as u32 {
+                    return invalid(format!("port {} is out of range 1..=65535", m.port));
+                }
+                Ok(())
+            }
             Message::ExecSignal(m) => {
                 if !SIGNAL_RANGE.contains(&m.signal) {
                     return invalid(format!(
@@ -205,6 +224,11 @@ impl Message {
             | Message::SystemInfo(_)
             | Message::SystemInfoResult(_)
             | Message::Shutdown(_)
+            | Message::WatchEvent(_)
+            | Message::PortOpened(_)
+            | Message::PortData(_)
+            | Message::StreamClose(_)
+            | Message::StreamEnd(_)
             | Message::Error(_) => Ok(()),
         }
     }
@@ -334,6 +358,13 @@ mod tests {
             (SystemInfo, 0x1A),
             (SystemInfoResult, 0x1B),
             (Shutdown, 0x1C),
+            (Watch, 0x28),
+            (WatchEvent, 0x29),
+            (PortOpen, 0x2A),
+            (PortOpened, 0x2B),
+            (PortData, 0x2C),
+            (StreamClose, 0x2D),
+            (StreamEnd, 0x2E),
             (Error, 0xFF),
         ];
         assert_eq!(
@@ -456,6 +487,18 @@ mod tests {
                 recursive: true,
             }),
             Message::ExecSignal(pb::ExecSignal { signal: 0 }),
+            Message::Watch(pb::Watch {
+                path: "rel".into(),
+                ..Default::default()
+            }),
+            Message::PortOpen(pb::PortOpen {
+                port: 0,
+                ..Default::default()
+            }),
+            Message::PortOpen(pb::PortOpen {
+                port: 65536,
+                ..Default::default()
+            }),
         ];
         for m in bad {
             assert!(
@@ -484,6 +527,53 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(write.encode_to_vec(), [5 << 3, 1]);
+    }
+
+    #[test]
+    fn watch_and_port_values_are_pinned() {
+        use pb::{StreamEndReason as R, WatchEventKind as K};
+        assert_eq!(
+            [pb::Capability::Watch, pb::Capability::PortForward].map(|c| c as i32),
+            [11, 12]
+        );
+        assert_eq!(
+            [
+                K::Started,
+                K::Create,
+                K::Write,
+                K::Remove,
+                K::Rename,
+                K::Attrib,
+                K::Overflow
+            ]
+            .map(|k| k as i32),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            [R::Closed, R::RootGone, R::Finished, R::Failed].map(|r| r as i32),
+            [1, 2, 3, 4]
+        );
+        let w = pb::Watch {
+            queue_limit: 1,
+            window: 1,
+            ..Default::default()
+        };
+        assert_eq!(w.encode_to_vec(), [3 << 3, 1, 4 << 3, 1]);
+        let p = pb::PortOpen {
+            port: 1,
+            window: 1,
+            input_credit: true,
+        };
+        assert_eq!(p.encode_to_vec(), [1 << 3, 1, 2 << 3, 1, 3 << 3, 1]);
+        let r = Message::PortOpen(pb::PortOpen {
+            port: 70000,
+            ..Default::default()
+        })
+        .validate();
+        assert!(
+            matches!(&r, Err(MessageError::Invalid { reason, .. }) if reason.contains("70000")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
+//! - [`watch`]: `WATCH` streams of inotify events; [`port`]: `PORT_OPEN`
+//!   streams to guest TCP ports.
 //!
 //! On SIGTERM, SIGINT (init forwards both) or `SHUTDOWN` the agent stops
 //! accepting, sends TERM to every session's process group, KILLs what is left
@@ -34,6 +36,7 @@ mod lifecycle;
 mod listen;
 mod oneshot;
 mod outbuf;
+mod port;
 mod routes;
 mod session;
 mod spawn;
@@ -41,6 +44,7 @@ mod splice;
 mod stdin;
 mod sysinfo;
 mod user;
+mod watch;
 mod writer;
 
 use std::path::PathBuf;
@@ -223,6 +227,8 @@ fn all_capabilities() -> u64 {
         C::Shutdown,
         C::FlowControl,
         C::InputFlowControl,
+        C::Watch,
+        C::PortForward,
     ]
     .into_iter()
     .map(capability_bit)
@@ -410,6 +416,11 @@ mod tests {
 
     #[test]
     fn capabilities_cover_every_value() {
-        assert_eq!(all_capabilities(), 0b111_1111);
+        // Every value the schema defines, whoever added it.
+        let every = (0..64)
+            .filter_map(|n| pb::Capability::try_from(n).ok())
+            .map(capability_bit)
+            .fold(0, |a, b| a | b);
+        assert_eq!(all_capabilities(), every);
     }
 }
