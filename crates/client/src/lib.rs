@@ -10,6 +10,8 @@
 //! - `credit`: input credit the agent grants for stdin and uploads.
 //! - `files`: chunked file read/write, stat, list, mkdir, remove, rename.
 //! - `ops`: ping, system info, shutdown.
+//! - `watch`: file watch streams ([`WatchStream`]); `port`: port streams to
+//!   guest TCP ports ([`PortStream`]).
 //! - [`error`]: [`ClientError`] and its retryability.
 
 mod conn;
@@ -22,7 +24,9 @@ mod exec;
 mod files;
 pub mod hybrid;
 mod ops;
+mod port;
 mod transport;
+mod watch;
 
 pub use conn::{Client, ConnectOptions};
 pub use endpoint::Endpoint;
@@ -32,3 +36,5 @@ pub use exec::{
     DEFAULT_EXEC_WINDOW,
 };
 pub use hearth_proto::pb;
+pub use port::{PortEnd, PortStream, PORT_WINDOW};
+pub use watch::{WatchOptions, WatchStream, DEFAULT_WATCH_WINDOW};

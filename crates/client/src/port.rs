@@ -1,0 +1,243 @@
+//! Port streams (`PORT_OPEN`, needs `CAPABILITY_PORT_FORWARD`): one TCP
+//! connection to 127.0.0.1:PORT in the guest, pumped to and from a local
+//! stream with credit both ways and half-close.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use hearth_proto::{pb, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::conn::{unexpected, Client, Reply, StreamKind, StreamSpec};
+use crate::credit::{Ended, InputCredit};
+use crate::error::ClientError;
+
+/// Credit granted to the agent per port stream (guest-to-host bytes).
+pub const PORT_WINDOW: u32 = 1024 * 1024;
+/// Largest host-to-guest chunk.
+const UP_CHUNK: usize = 128 * 1024;
+
+/// How a port stream ended and what it carried.
+#[derive(Debug, Clone, Default)]
+pub struct PortEnd {
+    /// `STREAM_END` from the agent.
+    pub end: pb::StreamEnd,
+    /// Bytes sent to the guest port.
+    pub to_guest: u64,
+    /// Bytes received from the guest port.
+    pub from_guest: u64,
+    /// An error the agent reported about the stream before it ended.
+    pub report: Option<String>,
+}
+
+/// A connected port stream (the agent's connect succeeded).
+pub struct PortStream {
+    client: Client,
+    seq: u32,
+    rx: UnboundedReceiver<Reply>,
+    credit: Option<Arc<AtomicI64>>,
+    input: Option<Arc<InputCredit>>,
+    ended: bool,
+}
+
+impl Client {
+    /// Asks the agent to connect to 127.0.0.1:`port` in the guest. A refused
+    /// connect is `Err(Remote { .. })` with the guest's errno.
+    pub async fn port_connect(&self, port: u16) -> Result<PortStream, ClientError> {
+        self.require(pb::Capability::PortForward, "port forwarding")?;
+        let credit = self
+            .flow_control()
+            .then(|| Arc::new(AtomicI64::new(PORT_WINDOW as i64)));
+        let input = self.input_credit();
+        let req = Message::PortOpen(pb::PortOpen {
+            port: port as u32,
+            window: PORT_WINDOW,
+            input_credit: input.is_some(),
+        });
+        let spec = StreamSpec {
+            kind: StreamKind::Port { started: false },
+            credit: credit.clone(),
+            input: input.clone(),
+        };
+        let (seq, rx) = self.open_stream(req, spec).await?;
+        let mut s = PortStream {
+            client: self.clone(),
+            seq,
+            rx,
+            credit,
+            input,
+            ended: false,
+        };
+        match s.recv().await? {
+            Message::PortOpened(_) => Ok(s),
+            m => {
+                s.ended = true;
+                Err(unexpected("port connect", m))
+            }
+        }
+    }
+}
+
+impl PortStream {
+    async fn recv(&mut self) -> Result<Message, ClientError> {
+        match self.rx.recv().await {
+            Some(Ok(m)) => Ok(m),
+            Some(Err(e)) => {
+                self.ended = true;
+                Err(e)
+            }
+            None => {
+                self.ended = true;
+                Err(ClientError::ConnectionClosed {
+                    reason: "the port stream's route was dropped".into(),
+                })
+            }
+        }
+    }
+
+    async fn close_frame(&self) -> Result<(), ClientError> {
+        let m = Message::StreamClose(pb::StreamClose {});
+        self.client.send_frame(m.into_frame(self.seq)).await
+    }
+
+    /// Sends `data` (then `eof`) within the input credit.
+    async fn send(&self, mut data: Bytes, eof: bool) -> Result<bool, ClientError> {
+        loop {
+            let n = match &self.input {
+                Some(c) if !data.is_empty() => match c.reserve(data.len()).await {
+                    Ok(n) => n,
+                    Err(Ended::Finished) => return Ok(false),
+                    Err(Ended::Closed(reason)) => {
+                        return Err(ClientError::ConnectionClosed { reason })
+                    }
+                },
+                _ => data.len(),
+            };
+            let piece = data.split_to(n);
+            let last = data.is_empty();
+            let m = Message::PortData(pb::PortData {
+                data: piece,
+                eof: eof && last,
+            });
+            self.client.send_frame(m.into_frame(self.seq)).await?;
+            if last {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Ends the stream now (the agent closes the guest connection) and waits
+    /// for its `STREAM_END`.
+    pub async fn close(mut self) -> Result<PortEnd, ClientError> {
+        self.close_frame().await?;
+        let mut out = PortEnd::default();
+        loop {
+            match self.recv().await? {
+                Message::PortData(d) => out.from_guest += d.data.len() as u64,
+                Message::Error(e) => out.report = Some(e.message),
+                Message::StreamEnd(end) => {
+                    self.ended = true;
+                    out.end = end;
+                    return Ok(out);
+                }
+                m => {
+                    self.ended = true;
+                    return Err(unexpected("port stream", m));
+                }
+            }
+        }
+    }
+
+    /// Copies `local` to the guest port and back until both sides are done
+    /// (or one fails); half-closes each way on EOF.
+    pub async fn pump<S>(mut self, local: S) -> Result<PortEnd, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        let (mut lr, mut lw) = tokio::io::split(local);
+        let mut out = PortEnd::default();
+        let chunk = UP_CHUNK.min(self.client.max_payload().saturating_sub(64)).max(1);
+        let mut up_done = false;
+        let mut closing = false;
+        let mut down_eof = false;
+        let mut consumed = 0u32;
+        let mut buf = BytesMut::new();
+        loop {
+            if buf.capacity() < chunk {
+                buf.reserve(chunk);
+            }
+            tokio::select! {
+                r = lr.read_buf(&mut buf), if !up_done && !closing => match r {
+                    Ok(0) => {
+                        up_done = true;
+                        self.send(Bytes::new(), true).await?;
+                    }
+                    Ok(n) => {
+                        out.to_guest += n as u64;
+                        let data = buf.split().freeze();
+                        if !self.send(data, false).await? {
+                            up_done = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(seq = self.seq, error = %e, "local read failed; closing the port stream");
+                        closing = true;
+                        self.close_frame().await?;
+                    }
+                },
+                m = self.recv() => match m? {
+                    Message::PortData(d) => {
+                        let n = d.data.len();
+                        out.from_guest += n as u64;
+                        if !closing && !down_eof {
+                            if let Err(e) = lw.write_all(&d.data).await {
+                                tracing::debug!(seq = self.seq, error = %e, "local write failed; closing the port stream");
+                                closing = true;
+                                self.close_frame().await?;
+                            }
+                        }
+                        if d.eof {
+                            down_eof = true;
+                            let _ = lw.shutdown().await;
+                        }
+                        if let Some(c) = &self.credit {
+                            consumed += n as u32;
+                            if consumed >= PORT_WINDOW / 4 {
+                                let bytes = std::mem::take(&mut consumed);
+                                c.fetch_add(bytes as i64, Ordering::AcqRel);
+                                let m = Message::WindowUpdate(pb::WindowUpdate { bytes });
+                                self.client.send_frame(m.into_frame(self.seq)).await?;
+                            }
+                        }
+                    }
+                    Message::StreamEnd(end) => {
+                        self.ended = true;
+                        out.end = end;
+                        if !down_eof {
+                            let _ = lw.shutdown().await;
+                        }
+                        return Ok(out);
+                    }
+                    Message::Error(e) => {
+                        out.report = Some(e.message);
+                    }
+                    m => {
+                        self.ended = true;
+                        return Err(unexpected("port stream", m));
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Drop for PortStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            let m = Message::StreamClose(pb::StreamClose {});
+            self.client.try_send_frame(m.into_frame(self.seq));
+        }
+    }
+}
