@@ -8,6 +8,8 @@
 //!   streaming, one [`ExecSpec`]) and files (read, write, stat, list, mkdir,
 //!   remove, rename, tree copies in `files.rs`).
 //! - [`exec`]: [`ExecSpec`], [`Outcome`] — the one exit-code mapping.
+//! - [`watch`]: file watches ([`Watch`]); [`expose`]: host listeners forwarded
+//!   to guest ports ([`Exposure`]).
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
 //! - [`reconcile`]: the pure rule from processes to statuses.
@@ -34,6 +36,7 @@ pub mod agent;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod expose;
 pub mod files;
 pub mod host;
 pub mod images;
@@ -44,10 +47,13 @@ pub mod reconcile;
 pub mod runtime;
 pub mod sandbox;
 pub mod state;
+pub mod watch;
 
 pub use agent::Agent;
 pub use config::{Admission, Isolation, RuntimeConfig};
 pub use error::{Error, Result};
+pub use expose::{ExposeEvent, Exposure, Listen};
+pub use watch::{Watch, WatchEvent, WatchEventKind};
 pub use exec::{ExecExit, ExecOutput, ExecSpec, ExecStream, Outcome, StreamEvent};
 pub use lifecycle::{CreateSpec, PersistSpec, Removed};
 pub use progress::{NoProgress, Progress, SharedProgress, Step};

@@ -4,11 +4,13 @@
 pub mod clean;
 pub mod create;
 pub mod exec;
+pub mod expose;
 pub mod list;
 pub mod run;
 pub mod select;
 pub mod start;
 pub mod stop;
+pub mod watch;
 
 use hearth_runtime::Runtime;
 
@@ -34,6 +36,10 @@ pub enum Cmd {
     Stop(stop::Args),
     /// Stop VMs and remove their directories, records and persist volumes.
     Clean(clean::Args),
+    /// Print file events (create, write, remove, rename, attrib) in a VM until Ctrl-C.
+    Watch(watch::Args),
+    /// Forward a host port or Unix socket to a TCP port in a VM until Ctrl-C.
+    Expose(expose::Args),
 }
 
 pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
@@ -46,5 +52,7 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::List(a) => list::run(state, a).await,
         Cmd::Stop(a) => stop::run(state, a).await,
         Cmd::Clean(a) => clean::run(state, a).await,
+        Cmd::Watch(a) => watch::run(state, a).await,
+        Cmd::Expose(a) => expose::run(state, a).await,
     }
 }
