@@ -29,6 +29,12 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let sb = rt.sandbox(recs.into_iter().next().expect("one vm was named"));
     let mut signals = Signals::install()?;
     let mut w = sb.watch(&a.path, a.recursive).await?;
+    // On stderr, so stdout has events only: from here on, changes are reported.
+    eprintln!(
+        "watching {}{}",
+        a.path,
+        if a.recursive { " (recursive)" } else { "" }
+    );
     let mut out = std::io::stdout().lock();
     loop {
         let ev = tokio::select! {
