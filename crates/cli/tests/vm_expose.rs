@@ -120,7 +120,15 @@ fn expose_serves_32_concurrent_downloads_intact_without_a_nic() {
 
     let mut fwd = Fg::spawn(
         &env,
-        &["vm", "expose", "--vm", &id, "8000", "--listen", "127.0.0.1:0"],
+        &[
+            "vm",
+            "expose",
+            "--vm",
+            &id,
+            "8000",
+            "--listen",
+            "127.0.0.1:0",
+        ],
     );
     let port = forwarded_port(&Fg::line(&fwd.out, "forwarding"), 8000);
     let dir = tempfile::tempdir().unwrap();
@@ -151,12 +159,24 @@ fn expose_serves_32_concurrent_downloads_intact_without_a_nic() {
         assert_eq!(hex(&Sha256::digest(&data)), want, "download {i} content");
     }
     fwd.term();
-    assert!(fwd.wait(Duration::from_secs(30)).success(), "expose exits 0 on SIGTERM");
+    assert!(
+        fwd.wait(Duration::from_secs(30)).success(),
+        "expose exits 0 on SIGTERM"
+    );
 
     // Nothing listens on 8001: that connection is closed, the listener stays.
     let mut refused = Fg::spawn(
         &env,
-        &["vm", "expose", "--vm", &id, "8001", "--listen", "127.0.0.1:0", "--json"],
+        &[
+            "vm",
+            "expose",
+            "--vm",
+            &id,
+            "8001",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+        ],
     );
     let first: serde_json::Value =
         serde_json::from_str(&Fg::line(&refused.out, "forwarding")).expect("JSON");
@@ -218,7 +238,15 @@ fn watch_prints_one_line_per_operation_in_order() {
     // --json, recursive; removing the root ends it.
     let mut w = Fg::spawn(
         &env,
-        &["vm", "watch", "--vm", &id, "/srv/w", "--recursive", "--json"],
+        &[
+            "vm",
+            "watch",
+            "--vm",
+            &id,
+            "/srv/w",
+            "--recursive",
+            "--json",
+        ],
     );
     assert_eq!(Fg::line(&w.err, "watching"), "watching /srv/w (recursive)");
     env.sh(&id, "echo y > /srv/w/d/inner && rm -r /srv/w");
@@ -234,7 +262,13 @@ fn watch_prints_one_line_per_operation_in_order() {
     }
     let kinds: Vec<_> = events
         .iter()
-        .map(|v| format!("{} {}", v["kind"].as_str().unwrap(), v["path"].as_str().unwrap_or("")))
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["kind"].as_str().unwrap(),
+                v["path"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     assert_eq!(
         kinds,

@@ -158,7 +158,9 @@ async fn one(ctx: &Ctx, path: Path, download: bool, n: u64) -> Result<(), String
                 .map_err(|e| e.to_string())?;
             let (mine, theirs) = tokio::io::duplex(BUF);
             let pump = tokio::spawn(s.pump(theirs));
-            transfer(mine, download, n).await.map_err(|e| e.to_string())?;
+            transfer(mine, download, n)
+                .await
+                .map_err(|e| e.to_string())?;
             pump.await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -181,7 +183,13 @@ async fn one(ctx: &Ctx, path: Path, download: bool, n: u64) -> Result<(), String
 }
 
 /// MiB/s of `streams` parallel transfers of `total / streams` bytes each.
-async fn sample(ctx: &std::sync::Arc<Ctx>, path: Path, download: bool, streams: u64, total: u64) -> Result<f64, String> {
+async fn sample(
+    ctx: &std::sync::Arc<Ctx>,
+    path: Path,
+    download: bool,
+    streams: u64,
+    total: u64,
+) -> Result<f64, String> {
     let per = total / streams;
     let t0 = Instant::now();
     let tasks: Vec<_> = (0..streams)
@@ -249,10 +257,7 @@ async fn run(agent: PathBuf, total: u64, runs: usize) -> Result<(), Box<dyn std:
             t.push(sample(&ctx, Path::RawTcp, download, streams, total).await?);
         }
         let (p, u, t) = (median(p), median(u), median(t));
-        println!(
-            "{name:<28} {p:>12.0} {u:>14.0} {t:>12.0} {:>7.2}x",
-            p / u
-        );
+        println!("{name:<28} {p:>12.0} {u:>14.0} {t:>12.0} {:>7.2}x", p / u);
     }
     println!("ratio = port / raw unix (the transport the port streams ride on)");
     Ok(())

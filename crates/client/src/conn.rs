@@ -224,9 +224,7 @@ impl Routes {
                 *started = true;
                 false
             }
-            (Ok(Message::StreamEnd(_)), StreamKind::Watch { .. } | StreamKind::Port { .. }) => {
-                true
-            }
+            (Ok(Message::StreamEnd(_)), StreamKind::Watch { .. } | StreamKind::Port { .. }) => true,
             (
                 Ok(Message::Error(_)),
                 StreamKind::Watch { started } | StreamKind::Port { started },

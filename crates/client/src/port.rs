@@ -15,7 +15,7 @@ use crate::credit::{Ended, InputCredit};
 use crate::error::ClientError;
 
 /// Credit granted to the agent per port stream (guest-to-host bytes).
-pub const PORT_WINDOW: u32 = 1024 * 1024;
+pub const PORT_WINDOW: u32 = 4 * 1024 * 1024;
 /// Largest host-to-guest chunk.
 const UP_CHUNK: usize = 128 * 1024;
 
@@ -158,7 +158,9 @@ impl PortStream {
     {
         let (mut lr, mut lw) = tokio::io::split(local);
         let mut out = PortEnd::default();
-        let chunk = UP_CHUNK.min(self.client.max_payload().saturating_sub(64)).max(1);
+        let chunk = UP_CHUNK
+            .min(self.client.max_payload().saturating_sub(64))
+            .max(1);
         let mut up_done = false;
         let mut closing = false;
         let mut down_eof = false;

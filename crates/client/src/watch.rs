@@ -38,7 +38,9 @@ pub struct WatchStream {
 
 impl std::fmt::Debug for WatchStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchStream").field("seq", &self.seq).finish()
+        f.debug_struct("WatchStream")
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 

@@ -137,7 +137,11 @@ async fn stream_close_closes_the_guest_connection() {
     let (mut server, _) = l.accept().await.unwrap();
     server.write_all(b"hello").await.unwrap();
     let end = s.close().await.expect("close");
-    assert_eq!(end.end.reason, pb::StreamEndReason::Closed as i32, "{end:?}");
+    assert_eq!(
+        end.end.reason,
+        pb::StreamEndReason::Closed as i32,
+        "{end:?}"
+    );
     // The guest side sees its connection end.
     let mut rest = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(20), server.read_to_end(&mut rest))
@@ -190,5 +194,9 @@ async fn a_slow_local_reader_does_not_stall_other_streams() {
         .expect("stream 1 ends once its local side is gone")
         .unwrap()
         .expect("pump 1");
-    assert_eq!(end.end.reason, pb::StreamEndReason::Closed as i32, "{end:?}");
+    assert_eq!(
+        end.end.reason,
+        pb::StreamEndReason::Closed as i32,
+        "{end:?}"
+    );
 }

@@ -256,8 +256,14 @@ async fn close_ends_one_watch_and_others_go_on() {
     let c = agent.client().await;
     let d = agent.path("w");
     std::fs::create_dir(&d).unwrap();
-    let w1 = c.watch(&d, &WatchOptions::default()).await.expect("watch 1");
-    let mut w2 = c.watch(&d, &WatchOptions::default()).await.expect("watch 2");
+    let w1 = c
+        .watch(&d, &WatchOptions::default())
+        .await
+        .expect("watch 1");
+    let mut w2 = c
+        .watch(&d, &WatchOptions::default())
+        .await
+        .expect("watch 2");
     std::fs::write(format!("{d}/a"), b"").unwrap();
     let end = w1.close().await.expect("close");
     assert_eq!(end.reason, pb::StreamEndReason::Closed as i32);
@@ -267,11 +273,8 @@ async fn close_ends_one_watch_and_others_go_on() {
     assert_eq!(got[2].1, format!("{d}/b"));
     // STREAM_CLOSE for a seq with no stream is refused, not fatal.
     let mut raw = common::Raw::connect(&agent).await;
-    raw.send_msg(
-        hearth_proto::Message::StreamClose(pb::StreamClose {}),
-        77,
-    )
-    .await;
+    raw.send_msg(hearth_proto::Message::StreamClose(pb::StreamClose {}), 77)
+        .await;
     let (seq, code, _) = raw.expect_error().await;
     assert_eq!((seq, code), (77, pb::ErrorCode::UnknownSession));
 }

@@ -360,7 +360,10 @@ mod tests {
         );
         for bad in ["", "unix:", "8080", "localhost:x"] {
             let e = bad.parse::<Listen>().unwrap_err();
-            assert!(e.to_string().contains("listen") || e.to_string().contains("unix"), "{e}");
+            assert!(
+                e.to_string().contains("listen") || e.to_string().contains("unix"),
+                "{e}"
+            );
         }
     }
 }

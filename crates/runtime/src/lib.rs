@@ -52,14 +52,14 @@ pub mod watch;
 pub use agent::Agent;
 pub use config::{Admission, Isolation, RuntimeConfig};
 pub use error::{Error, Result};
-pub use expose::{ExposeEvent, Exposure, Listen};
-pub use watch::{Watch, WatchEvent, WatchEventKind};
 pub use exec::{ExecExit, ExecOutput, ExecSpec, ExecStream, Outcome, StreamEvent};
+pub use expose::{ExposeEvent, Exposure, Listen};
 pub use lifecycle::{CreateSpec, PersistSpec, Removed};
 pub use progress::{NoProgress, Progress, SharedProgress, Step};
 pub use runtime::{ListFilter, Runtime};
 pub use sandbox::Sandbox;
 pub use state::{VmRecord, VmStatus};
+pub use watch::{Watch, WatchEvent, WatchEventKind};
 
 pub use hearth_client::{pb, Endpoint, ExecControl};
 pub use hearth_vmm::{Accel, Network, QemuConfig};

@@ -99,7 +99,8 @@ impl Queue {
     /// one past its limit).
     fn flush_lost(&mut self) {
         if self.lost > 0 {
-            self.events.push_back(overflow(std::mem::take(&mut self.lost)));
+            self.events
+                .push_back(overflow(std::mem::take(&mut self.lost)));
         }
     }
 }
@@ -194,7 +195,10 @@ impl Tree {
             }
             return;
         }
-        match self.ino.add_watch(p, mask() | F::IN_ONLYDIR | F::IN_DONT_FOLLOW) {
+        match self
+            .ino
+            .add_watch(p, mask() | F::IN_ONLYDIR | F::IN_DONT_FOLLOW)
+        {
             Ok(wd) => {
                 self.dirs.insert(wd, p.to_path_buf());
             }
@@ -381,7 +385,11 @@ pub async fn run(req: pb::Watch, seq: u32, credit: Arc<Credit>, writer: Writer, 
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return finish(&routes, seq, &writer, e).await,
         Err(e) => {
-            let e = error(pb::ErrorCode::Internal, format!("watch task failed: {e}"), 0);
+            let e = error(
+                pb::ErrorCode::Internal,
+                format!("watch task failed: {e}"),
+                0,
+            );
             return finish(&routes, seq, &writer, e).await;
         }
     };

@@ -57,7 +57,11 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
             Ok(None) => {
                 let why = w.end_reason().unwrap_or_else(|| "ended".into());
                 if a.json {
-                    writeln!(out, "{}", serde_json::json!({ "kind": "end", "reason": why }))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "kind": "end", "reason": why })
+                    )?;
                 } else {
                     writeln!(out, "end: {why}")?;
                 }
