@@ -243,3 +243,56 @@ impl Drop for PortStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hearth_proto::{capability_bit, pb, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::{Client, ClientError, ConnectOptions, WatchOptions};
+
+    /// A client whose agent announces `caps` only.
+    async fn client_with(caps: &[pb::Capability]) -> (Client, tokio::io::DuplexStream) {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let ready = Message::Ready(pb::Ready {
+            protocol_version: hearth_proto::PROTOCOL_VERSION,
+            agent_version: "old".into(),
+            capabilities: caps
+                .iter()
+                .map(|c| capability_bit(*c))
+                .fold(0, |x, y| x | y),
+            max_frame_len: 1 << 20,
+            ..Default::default()
+        });
+        b.write_all(&ready.into_frame(0).to_bytes(u32::MAX).unwrap())
+            .await
+            .unwrap();
+        let opts = ConnectOptions {
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        (Client::from_stream(a, &opts).await.unwrap(), b)
+    }
+
+    #[tokio::test]
+    async fn watch_and_port_need_their_capability_bits() {
+        let (c, mut peer) = client_with(&[pb::Capability::Files]).await;
+        let e = c
+            .watch("/x", &WatchOptions::default())
+            .await
+            .expect_err("no WATCH bit");
+        assert!(matches!(e, ClientError::Unsupported { .. }), "{e}");
+        assert_eq!(e.to_string(), "file watch is unsupported by agent old");
+        let e = match c.port_connect(80).await {
+            Err(e) => e,
+            Ok(_) => panic!("no PORT_FORWARD bit"),
+        };
+        assert_eq!(e.to_string(), "port forwarding is unsupported by agent old");
+        // Nothing went on the wire.
+        let mut buf = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(100), peer.read(&mut buf)).await;
+        assert!(r.is_err(), "the client sent a frame: {r:?}");
+    }
+}

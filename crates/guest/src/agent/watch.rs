@@ -133,14 +133,13 @@ impl AsRawFd for Tree {
 }
 
 impl Tree {
-    fn open(path: &str, recursive: bool) -> Result<Tree, Message> {
+    fn open(path: &str, recursive: bool) -> Result<Tree, Box<Message>> {
         let root = PathBuf::from(path);
-        let meta = std::fs::metadata(&root).map_err(|e| io_error("watch", path, &e))?;
+        let fail = |e: std::io::Error| Box::new(io_error("watch", path, &e));
+        let meta = std::fs::metadata(&root).map_err(fail)?;
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(|e| io_error("watch", path, &std::io::Error::from(e)))?;
-        let root_wd = ino
-            .add_watch(&root, mask())
-            .map_err(|e| io_error("watch", path, &std::io::Error::from(e)))?;
+            .map_err(|e| fail(e.into()))?;
+        let root_wd = ino.add_watch(&root, mask()).map_err(|e| fail(e.into()))?;
         let mut t = Tree {
             ino,
             root: root.clone(),
@@ -383,7 +382,7 @@ pub async fn run(req: pb::Watch, seq: u32, credit: Arc<Credit>, writer: Writer, 
     let opened = tokio::task::spawn_blocking(move || Tree::open(&path, recursive)).await;
     let tree = match opened {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return finish(&routes, seq, &writer, e).await,
+        Ok(Err(e)) => return finish(&routes, seq, &writer, *e).await,
         Err(e) => {
             let e = error(
                 pb::ErrorCode::Internal,
