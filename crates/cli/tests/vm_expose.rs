@@ -164,6 +164,31 @@ fn expose_serves_32_concurrent_downloads_intact_without_a_nic() {
         "expose exits 0 on SIGTERM"
     );
 
+    // The same through a Unix socket listener.
+    let sock = dir.path().join("fwd.sock");
+    let sock_arg = format!("unix:{}", sock.display());
+    let fwd = Fg::spawn(
+        &env,
+        &["vm", "expose", "--vm", &id, "8000", "--listen", &sock_arg],
+    );
+    assert_eq!(
+        Fg::line(&fwd.out, "forwarding"),
+        format!("forwarding {sock_arg} -> guest port 8000")
+    );
+    let out = dir.path().join("via-unix");
+    let o = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "600", "--unix-socket"])
+        .arg(&sock)
+        .arg("-o")
+        .arg(&out)
+        .arg("http://guest/blob")
+        .output()
+        .expect("curl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hex(&Sha256::digest(std::fs::read(&out).unwrap())), want);
+    drop(fwd);
+    assert!(!sock.exists(), "the socket is removed when expose ends");
+
     // Nothing listens on 8001: that connection is closed, the listener stays.
     let mut refused = Fg::spawn(
         &env,

@@ -200,3 +200,57 @@ async fn a_slow_local_reader_does_not_stall_other_streams() {
         "{end:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_beyond_the_credit_fails_only_that_stream() {
+    use hearth_proto::Message;
+    let agent = Agent::start();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut raw = common::Raw::connect(&agent).await;
+    let window = raw.ready.input_window as usize;
+    assert!(window > 0, "the agent grants input credit");
+    let open = |input_credit| {
+        Message::PortOpen(pb::PortOpen {
+            port: port as u32,
+            window: 0,
+            input_credit,
+        })
+    };
+    raw.send_msg(open(true), 5).await;
+    let (_guest, _) = l.accept().await.unwrap();
+    assert!(matches!(raw.msg().await, (5, Message::PortOpened(_))));
+    // One byte more than the credit.
+    let data = bytes::Bytes::from(vec![7u8; window + 1]);
+    raw.send_msg(Message::PortData(pb::PortData { data, eof: false }), 5)
+        .await;
+    let (seq, code, _) = raw.expect_error().await;
+    assert_eq!((seq, code), (5, pb::ErrorCode::FlowControl));
+    match raw.msg().await {
+        (5, Message::StreamEnd(e)) => {
+            assert_eq!(e.reason, pb::StreamEndReason::Failed as i32, "{e:?}")
+        }
+        other => panic!("expected STREAM_END, got {other:?}"),
+    }
+    // A seq in flight cannot be opened twice; unknown seqs are refused.
+    raw.send_msg(open(true), 6).await;
+    let (_guest2, _) = l.accept().await.unwrap();
+    assert!(matches!(raw.msg().await, (6, Message::PortOpened(_))));
+    raw.send_msg(open(true), 6).await;
+    let (seq, code, _) = raw.expect_error().await;
+    assert_eq!((seq, code), (6, pb::ErrorCode::DuplicateSeq));
+    let data = bytes::Bytes::from_static(b"x");
+    raw.send_msg(Message::PortData(pb::PortData { data, eof: false }), 99)
+        .await;
+    let (seq, code, _) = raw.expect_error().await;
+    assert_eq!((seq, code), (99, pb::ErrorCode::UnknownSession));
+    // Stream 6 still works: close it.
+    raw.send_msg(Message::StreamClose(pb::StreamClose {}), 6)
+        .await;
+    match raw.msg().await {
+        (6, Message::StreamEnd(e)) => {
+            assert_eq!(e.reason, pb::StreamEndReason::Closed as i32, "{e:?}")
+        }
+        other => panic!("expected STREAM_END, got {other:?}"),
+    }
+}
