@@ -2,7 +2,7 @@
 //! connection to 127.0.0.1:PORT in the guest, pumped to and from a local
 //! stream with credit both ways and half-close.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -102,32 +102,6 @@ impl PortStream {
         self.client.send_frame(m.into_frame(self.seq)).await
     }
 
-    /// Sends `data` (then `eof`) within the input credit.
-    async fn send(&self, mut data: Bytes, eof: bool) -> Result<bool, ClientError> {
-        loop {
-            let n = match &self.input {
-                Some(c) if !data.is_empty() => match c.reserve(data.len()).await {
-                    Ok(n) => n,
-                    Err(Ended::Finished) => return Ok(false),
-                    Err(Ended::Closed(reason)) => {
-                        return Err(ClientError::ConnectionClosed { reason })
-                    }
-                },
-                _ => data.len(),
-            };
-            let piece = data.split_to(n);
-            let last = data.is_empty();
-            let m = Message::PortData(pb::PortData {
-                data: piece,
-                eof: eof && last,
-            });
-            self.client.send_frame(m.into_frame(self.seq)).await?;
-            if last {
-                return Ok(true);
-            }
-        }
-    }
-
     /// Ends the stream now (the agent closes the guest connection) and waits
     /// for its `STREAM_END`.
     pub async fn close(mut self) -> Result<PortEnd, ClientError> {
@@ -151,86 +125,184 @@ impl PortStream {
     }
 
     /// Copies `local` to the guest port and back until both sides are done
-    /// (or one fails); half-closes each way on EOF.
+    /// (or one fails); half-closes each way on EOF. The two directions run
+    /// independently, so a local peer that writes everything before it reads
+    /// does not deadlock against a guest that answers early.
     pub async fn pump<S>(mut self, local: S) -> Result<PortEnd, ClientError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
-        let (mut lr, mut lw) = tokio::io::split(local);
-        let mut out = PortEnd::default();
+        let (lr, lw) = tokio::io::split(local);
         let chunk = UP_CHUNK
             .min(self.client.max_payload().saturating_sub(64))
             .max(1);
-        let mut up_done = false;
-        let mut closing = false;
-        let mut down_eof = false;
-        let mut consumed = 0u32;
-        let mut buf = BytesMut::new();
-        loop {
-            if buf.capacity() < chunk {
-                buf.reserve(chunk);
-            }
-            tokio::select! {
-                r = lr.read_buf(&mut buf), if !up_done && !closing => match r {
-                    Ok(0) => {
+        let mut out = PortEnd::default();
+        let sent = AtomicU64::new(0);
+        let r = {
+            let up = up(
+                &self.client,
+                self.seq,
+                self.input.as_deref(),
+                lr,
+                chunk,
+                &sent,
+            );
+            let down = down(
+                &self.client,
+                self.seq,
+                &mut self.rx,
+                self.credit.as_deref(),
+                lw,
+                &mut out,
+            );
+            tokio::pin!(up, down);
+            let mut up_done = false;
+            loop {
+                tokio::select! {
+                    r = &mut down => break r,
+                    r = &mut up, if !up_done => {
                         up_done = true;
-                        self.send(Bytes::new(), true).await?;
-                    }
-                    Ok(n) => {
-                        out.to_guest += n as u64;
-                        let data = buf.split().freeze();
-                        if !self.send(data, false).await? {
-                            up_done = true;
+                        if let Err(e) = r {
+                            break Err(e);
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(seq = self.seq, error = %e, "local read failed; closing the port stream");
-                        closing = true;
-                        self.close_frame().await?;
-                    }
-                },
-                m = self.recv() => match m? {
-                    Message::PortData(d) => {
-                        let n = d.data.len();
-                        out.from_guest += n as u64;
-                        if !closing && !down_eof {
-                            if let Err(e) = lw.write_all(&d.data).await {
-                                tracing::debug!(seq = self.seq, error = %e, "local write failed; closing the port stream");
-                                closing = true;
-                                self.close_frame().await?;
-                            }
-                        }
-                        if d.eof {
-                            down_eof = true;
-                            let _ = lw.shutdown().await;
-                        }
-                        if let Some(c) = &self.credit {
-                            consumed += n as u32;
-                            if consumed >= PORT_WINDOW / 4 {
-                                let bytes = std::mem::take(&mut consumed);
-                                c.fetch_add(bytes as i64, Ordering::AcqRel);
-                                let m = Message::WindowUpdate(pb::WindowUpdate { bytes });
-                                self.client.send_frame(m.into_frame(self.seq)).await?;
-                            }
-                        }
-                    }
-                    Message::StreamEnd(end) => {
-                        self.ended = true;
-                        out.end = end;
-                        if !down_eof {
-                            let _ = lw.shutdown().await;
-                        }
-                        return Ok(out);
-                    }
-                    Message::Error(e) => {
-                        out.report = Some(e.message);
-                    }
-                    m => {
-                        self.ended = true;
-                        return Err(unexpected("port stream", m));
-                    }
-                },
+                }
             }
+        };
+        // STREAM_END came, or the route or the connection failed: either way
+        // nothing more comes for this seq.
+        self.ended = true;
+        out.to_guest = sent.load(Ordering::Relaxed);
+        r.map(|()| out)
+    }
+}
+
+/// Sends `data` (then `eof`) as PORT_DATA within the input credit. False when
+/// the stream already ended on the agent.
+async fn send_data(
+    client: &Client,
+    seq: u32,
+    input: Option<&InputCredit>,
+    mut data: Bytes,
+    eof: bool,
+) -> Result<bool, ClientError> {
+    loop {
+        let n = match input {
+            Some(c) if !data.is_empty() => match c.reserve(data.len()).await {
+                Ok(n) => n,
+                Err(Ended::Finished) => return Ok(false),
+                Err(Ended::Closed(reason)) => return Err(ClientError::ConnectionClosed { reason }),
+            },
+            _ => data.len(),
+        };
+        let piece = data.split_to(n);
+        let last = data.is_empty();
+        let m = Message::PortData(pb::PortData {
+            data: piece,
+            eof: eof && last,
+        });
+        client.send_frame(m.into_frame(seq)).await?;
+        if last {
+            return Ok(true);
+        }
+    }
+}
+
+fn close_frame(seq: u32) -> hearth_proto::Frame {
+    Message::StreamClose(pb::StreamClose {}).into_frame(seq)
+}
+
+/// Local → guest until local EOF (then `eof`) or a local read error (then
+/// STREAM_CLOSE). Returns the bytes sent.
+async fn up<R: AsyncRead + Unpin>(
+    client: &Client,
+    seq: u32,
+    input: Option<&InputCredit>,
+    mut lr: R,
+    chunk: usize,
+    sent: &AtomicU64,
+) -> Result<(), ClientError> {
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.capacity() < chunk {
+            buf.reserve(chunk);
+        }
+        match lr.read_buf(&mut buf).await {
+            Ok(0) => {
+                send_data(client, seq, input, Bytes::new(), true).await?;
+                return Ok(());
+            }
+            Ok(n) => {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                if !send_data(client, seq, input, buf.split().freeze(), false).await? {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                tracing::debug!(seq, error = %e, "local read failed; closing the port stream");
+                client.send_frame(close_frame(seq)).await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Guest → local until STREAM_END, returning credit as the local side takes
+/// the bytes. A local write error closes the stream (the rest is dropped).
+async fn down<W: AsyncWrite + Unpin>(
+    client: &Client,
+    seq: u32,
+    rx: &mut UnboundedReceiver<Reply>,
+    credit: Option<&AtomicI64>,
+    mut lw: W,
+    out: &mut PortEnd,
+) -> Result<(), ClientError> {
+    let mut consumed = 0u32;
+    let mut closing = false;
+    let mut eof = false;
+    loop {
+        let m = match rx.recv().await {
+            Some(r) => r?,
+            None => {
+                return Err(ClientError::ConnectionClosed {
+                    reason: "the port stream's route was dropped".into(),
+                })
+            }
+        };
+        match m {
+            Message::PortData(d) => {
+                let n = d.data.len();
+                out.from_guest += n as u64;
+                if !closing && !eof {
+                    if let Err(e) = lw.write_all(&d.data).await {
+                        tracing::debug!(seq, error = %e, "local write failed; closing the port stream");
+                        closing = true;
+                        client.send_frame(close_frame(seq)).await?;
+                    }
+                }
+                if d.eof && !eof {
+                    eof = true;
+                    let _ = lw.shutdown().await;
+                }
+                if let Some(c) = credit {
+                    consumed += n as u32;
+                    if consumed >= PORT_WINDOW / 4 {
+                        let bytes = std::mem::take(&mut consumed);
+                        c.fetch_add(bytes as i64, Ordering::AcqRel);
+                        let m = Message::WindowUpdate(pb::WindowUpdate { bytes });
+                        client.send_frame(m.into_frame(seq)).await?;
+                    }
+                }
+            }
+            Message::StreamEnd(end) => {
+                out.end = end;
+                if !eof {
+                    let _ = lw.shutdown().await;
+                }
+                return Ok(());
+            }
+            Message::Error(e) => out.report = Some(e.message),
+            m => return Err(unexpected("port stream", m)),
         }
     }
 }
