@@ -278,3 +278,31 @@ async fn close_ends_one_watch_and_others_go_on() {
     let (seq, code, _) = raw.expect_error().await;
     assert_eq!((seq, code), (77, pb::ErrorCode::UnknownSession));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_reports_writes_and_its_move_ends_the_stream() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let f = agent.path("file");
+    std::fs::write(&f, b"0").unwrap();
+    let mut w = c.watch(&f, &recursive()).await.expect("watch a file");
+    std::fs::write(&f, b"1").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::rename(&f, agent.path("moved")).unwrap();
+    assert_eq!(
+        take(&mut w, 3).await,
+        vec![
+            ev(K::Write, &f, "", false),
+            ev(K::Attrib, &f, "", false),
+            ev(K::Rename, &f, "", false),
+        ]
+    );
+    let next = tokio::time::timeout(Duration::from_secs(20), w.next())
+        .await
+        .expect("the end comes");
+    assert!(matches!(next, Ok(None)), "{next:?}");
+    assert_eq!(
+        w.end().map(|e| e.reason),
+        Some(pb::StreamEndReason::RootGone as i32)
+    );
+}

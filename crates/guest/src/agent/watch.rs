@@ -117,6 +117,7 @@ struct Tree {
     ino: Inotify,
     root: PathBuf,
     root_wd: WatchDescriptor,
+    root_is_dir: bool,
     recursive: bool,
     dirs: HashMap<WatchDescriptor, PathBuf>,
     scanned: HashSet<PathBuf>,
@@ -144,6 +145,7 @@ impl Tree {
             ino,
             root: root.clone(),
             root_wd,
+            root_is_dir: meta.is_dir(),
             recursive: recursive && meta.is_dir(),
             dirs: HashMap::new(),
             scanned: HashSet::new(),
@@ -324,7 +326,7 @@ impl Tree {
                 } else {
                     pb::WatchEventKind::Rename
                 };
-                q.push(event(kind, &path, self.recursive || is_dir));
+                q.push(event(kind, &path, self.root_is_dir));
                 self.root_gone = true;
                 return;
             }
