@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for hearth and builds it.
-#   - Debian packages: QEMU, the cloud kernel the guest boots, image tools
+#   - Debian packages: QEMU, the cloud kernel the guest boots, image tools, curl (vm_expose)
 #   - vhost-device-vsock (crates.io) for virtio-vsock without /dev/vhost-vsock
 #   - the static guest binary and the host binaries (release)
 # Idempotent: what is already there is not installed again.
@@ -12,7 +12,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PKGS=(qemu-system-x86 tmux linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps)
+PKGS=(qemu-system-x86 tmux linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps curl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,6 +55,10 @@ pub(crate) enum StreamKind {
     Write,
     /// Ends with the AGENT_LOG_LINES that has `end`, or ERROR.
     Log,
+    /// Ends with STREAM_END; an ERROR ends it only before the STARTED event.
+    Watch { started: bool },
+    /// Ends with STREAM_END; an ERROR ends it only before PORT_OPENED.
+    Port { started: bool },
 }
 
 /// How a stream is opened: its kind and its credit in both directions.
@@ -220,11 +224,26 @@ impl Routes {
             (Ok(Message::WriteFileResult(_)), StreamKind::Write) => true,
             (Ok(Message::Error(_)), StreamKind::Log) => true,
             (Ok(Message::AgentLogLines(b)), StreamKind::Log) => b.end,
+            (Ok(Message::WatchEvent(e)), StreamKind::Watch { started }) => {
+                *started |= e.kind == pb::WatchEventKind::Started as i32;
+                false
+            }
+            (Ok(Message::PortOpened(_)), StreamKind::Port { started }) => {
+                *started = true;
+                false
+            }
+            (Ok(Message::StreamEnd(_)), StreamKind::Watch { .. } | StreamKind::Port { .. }) => true,
+            (
+                Ok(Message::Error(_)),
+                StreamKind::Watch { started } | StreamKind::Port { started },
+            ) => !*started,
             (Ok(_), _) => false,
         };
         let data_len = match &msg {
             Ok(Message::ExecStdout(c)) | Ok(Message::ExecStderr(c)) => c.data.len(),
             Ok(Message::FileData(d)) => d.data.len(),
+            Ok(Message::PortData(d)) => d.data.len(),
+            Ok(Message::WatchEvent(e)) => prost::Message::encoded_len(e),
             _ => 0,
         };
         let mut violation = None;
@@ -278,6 +297,9 @@ fn decode(frame: &Frame) -> Result<Message, hearth_proto::MessageError> {
         Some(MessageType::FileData) => pb::FileData::decode(frame.payload.clone())
             .map(Message::FileData)
             .map_err(|_| zero_copy(MessageType::FileData)),
+        Some(MessageType::PortData) => pb::PortData::decode(frame.payload.clone())
+            .map(Message::PortData)
+            .map_err(|_| zero_copy(MessageType::PortData)),
         _ => Message::from_frame(frame),
     }
 }

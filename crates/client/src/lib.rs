@@ -14,6 +14,8 @@
 //! - `logs`: the agent's own log, as a snapshot or followed.
 //! - `stats`: guest resource use (`STATS`); `limits`: byte sizes for exec
 //!   resource limits.
+//! - `watch`: file watch streams ([`WatchStream`]); `port`: port streams to
+//!   guest TCP ports ([`PortStream`]).
 //! - [`error`]: [`ClientError`] and its retryability.
 
 mod background;
@@ -29,8 +31,10 @@ pub mod hybrid;
 mod limits;
 mod logs;
 mod ops;
+mod port;
 mod stats;
 mod transport;
+mod watch;
 
 pub use background::{Detached, ProcessRef};
 pub use conn::{Client, ConnectOptions};
@@ -43,3 +47,5 @@ pub use exec::{
 pub use hearth_proto::pb;
 pub use limits::{format_bytes, parse_size, SizeError};
 pub use logs::{AgentLogBatch, AgentLogFollow};
+pub use port::{PortEnd, PortStream, PORT_WINDOW};
+pub use watch::{WatchOptions, WatchStream, DEFAULT_WATCH_WINDOW};

@@ -127,6 +127,18 @@ message_types! {
     /// Guest resource use (CAPABILITY_STATS).
     Stats = 0x25 => pb::Stats,
     StatsResult = 0x26 => pb::StatsResult,
+    /// Opens a watch stream (its seq names it).
+    Watch = 0x28 => pb::Watch,
+    WatchEvent = 0x29 => pb::WatchEvent,
+    /// Opens a port stream to a guest TCP port (its seq names it).
+    PortOpen = 0x2A => pb::PortOpen,
+    PortOpened = 0x2B => pb::PortOpened,
+    /// Port stream bytes, both directions; `eof` half-closes.
+    PortData = 0x2C => pb::PortData,
+    /// Host to guest: end a watch or port stream.
+    StreamClose = 0x2D => pb::StreamClose,
+    /// Guest to host: the terminal frame of a watch or port stream.
+    StreamEnd = 0x2E => pb::StreamEnd,
     Error = 0xFF => pb::Error,
 }
 
@@ -217,6 +229,13 @@ impl Message {
                 }
                 Ok(())
             }
+            Message::Watch(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::PortOpen(m) => {
+                if m.port == 0 || m.port > u16::MAX as u32 {
+                    return invalid(format!("port {} is out of range 1..=65535", m.port));
+                }
+                Ok(())
+            }
             Message::ExecSignal(m) => {
                 if !SIGNAL_RANGE.contains(&m.signal) {
                     return invalid(format!(
@@ -252,6 +271,11 @@ impl Message {
             | Message::Attached(_)
             | Message::Stats(_)
             | Message::StatsResult(_)
+            | Message::WatchEvent(_)
+            | Message::PortOpened(_)
+            | Message::PortData(_)
+            | Message::StreamClose(_)
+            | Message::StreamEnd(_)
             | Message::Error(_) => Ok(()),
         }
     }
@@ -416,6 +440,13 @@ mod tests {
             (AgentLogLines, 0x31),
             (Stats, 0x25),
             (StatsResult, 0x26),
+            (Watch, 0x28),
+            (WatchEvent, 0x29),
+            (PortOpen, 0x2A),
+            (PortOpened, 0x2B),
+            (PortData, 0x2C),
+            (StreamClose, 0x2D),
+            (StreamEnd, 0x2E),
             (Error, 0xFF),
         ];
         assert_eq!(
@@ -541,6 +572,18 @@ mod tests {
                 recursive: true,
             }),
             Message::ExecSignal(pb::ExecSignal { signal: 0 }),
+            Message::Watch(pb::Watch {
+                path: "rel".into(),
+                ..Default::default()
+            }),
+            Message::PortOpen(pb::PortOpen {
+                port: 0,
+                ..Default::default()
+            }),
+            Message::PortOpen(pb::PortOpen {
+                port: 65536,
+                ..Default::default()
+            }),
         ];
         for m in bad {
             assert!(
@@ -633,6 +676,53 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(exec.validate(), Err(MessageError::Invalid { .. })));
+    }
+
+    #[test]
+    fn watch_and_port_values_are_pinned() {
+        use pb::{StreamEndReason as R, WatchEventKind as K};
+        assert_eq!(
+            [pb::Capability::Watch, pb::Capability::PortForward].map(|c| c as i32),
+            [11, 12]
+        );
+        assert_eq!(
+            [
+                K::Started,
+                K::Create,
+                K::Write,
+                K::Remove,
+                K::Rename,
+                K::Attrib,
+                K::Overflow
+            ]
+            .map(|k| k as i32),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            [R::Closed, R::RootGone, R::Finished, R::Failed].map(|r| r as i32),
+            [1, 2, 3, 4]
+        );
+        let w = pb::Watch {
+            queue_limit: 1,
+            window: 1,
+            ..Default::default()
+        };
+        assert_eq!(w.encode_to_vec(), [3 << 3, 1, 4 << 3, 1]);
+        let p = pb::PortOpen {
+            port: 1,
+            window: 1,
+            input_credit: true,
+        };
+        assert_eq!(p.encode_to_vec(), [1 << 3, 1, 2 << 3, 1, 3 << 3, 1]);
+        let r = Message::PortOpen(pb::PortOpen {
+            port: 70000,
+            ..Default::default()
+        })
+        .validate();
+        assert!(
+            matches!(&r, Err(MessageError::Invalid { reason, .. }) if reason.contains("70000")),
+            "{r:?}"
+        );
     }
 
     #[test]

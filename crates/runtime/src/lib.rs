@@ -11,6 +11,8 @@
 //! - [`logs`]: the console log and the agent's own log, snapshot or followed.
 //! - [`exec`]: [`ExecSpec`], [`Outcome`] — the one exit-code mapping;
 //!   [`limits`]: per-exec resource [`Limits`]; [`stats`]: guest [`Stats`].
+//! - [`watch`]: file watches ([`Watch`]); [`expose`]: host listeners forwarded
+//!   to guest ports ([`Exposure`]).
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
 //! - [`reconcile`]: the pure rule from processes to statuses.
@@ -38,6 +40,7 @@ pub mod background;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod expose;
 pub mod files;
 pub mod host;
 pub mod images;
@@ -51,6 +54,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod state;
 pub mod stats;
+pub mod watch;
 
 pub use agent::Agent;
 pub use background::{
@@ -59,6 +63,7 @@ pub use background::{
 pub use config::{Admission, Isolation, RuntimeConfig};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecOutput, ExecSpec, ExecStream, Outcome, StreamEvent};
+pub use expose::{ExposeEvent, Exposure, Listen};
 pub use lifecycle::{CreateSpec, PersistSpec, Removed};
 pub use limits::{format_bytes, parse_size, Limits};
 pub use logs::{LogEvent, LogFollow, LogLine, LogQuery, LogSource};
@@ -67,6 +72,7 @@ pub use runtime::{ListFilter, Runtime};
 pub use sandbox::Sandbox;
 pub use state::{VmRecord, VmStatus};
 pub use stats::{cpu_percent, Stats};
+pub use watch::{Watch, WatchEvent, WatchEventKind};
 
 pub use hearth_client::{pb, Endpoint, ExecControl};
 pub use hearth_vmm::{Accel, Network, QemuConfig};

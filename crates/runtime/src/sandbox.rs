@@ -219,6 +219,23 @@ impl Sandbox {
         self.call(async |a| a.stats().await).await
     }
 
+    /// Watches `path` in the sandbox (and below it when `recursive`); events
+    /// come in order, see [`crate::Watch`].
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<crate::Watch> {
+        self.call(async |a| a.watch(path, recursive).await).await
+    }
+
+    /// Forwards connections to `listen` on the host to 127.0.0.1:`guest_port`
+    /// in the sandbox, over the agent connection (no guest NIC needed).
+    pub async fn expose(
+        &self,
+        guest_port: u16,
+        listen: &crate::expose::Listen,
+    ) -> Result<crate::Exposure> {
+        self.call(async |a| a.expose(guest_port, listen).await)
+            .await
+    }
+
     /// The command that prints hello world through the image's runtime (empty
     /// for the bare guest).
     pub fn hello_argv(&self) -> &[String] {

@@ -23,8 +23,8 @@ use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
 use super::{
-    attach, detach, exec, file_read, file_write, files, liveness, logbuf, oneshot, process_ops,
-    pty_session, stats, sysinfo, Shared,
+    attach, detach, exec, file_read, file_write, files, liveness, logbuf, oneshot, port,
+    process_ops, pty_session, stats, sysinfo, watch, Shared,
 };
 
 /// Default output credit of a streaming exec.
@@ -231,6 +231,37 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         }
         Message::Attach(req) => start_attach(req, seq, cx).await,
         Message::Stats(_) => stats::answer(seq, writer.clone()),
+        Message::Watch(req) => {
+            let window = match req.window {
+                0 => watch::DEFAULT_WINDOW,
+                w => w as u64,
+            };
+            let credit = Credit::new(window);
+            if !cx.routes.insert(seq, Route::Watch(credit.clone())) {
+                return refuse_duplicate(seq, frame.kind, cx).await;
+            }
+            let (w, r) = (writer.clone(), cx.routes.clone());
+            tokio::spawn(watch::run(req, seq, credit, w, r));
+        }
+        Message::PortOpen(req) => {
+            let window = match req.window {
+                0 => port::DEFAULT_WINDOW,
+                w => w as u64,
+            };
+            let credit = Credit::new(window);
+            let input = Input::new(req.input_credit.then_some(cx.shared.input_window as u64));
+            let route = Route::Port {
+                credit: credit.clone(),
+                input: input.clone(),
+            };
+            if !cx.routes.insert(seq, route) {
+                return refuse_duplicate(seq, frame.kind, cx).await;
+            }
+            let (w, r) = (writer.clone(), cx.routes.clone());
+            tokio::spawn(port::run(req, seq, credit, input, w, r));
+        }
+        Message::PortData(d) => cx.streams.port_data(seq, d).await,
+        Message::StreamClose(_) => cx.streams.stream_close(seq, watch::closed_by_host()).await,
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)
@@ -247,6 +278,9 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         | Message::ProcessListResult(_)
         | Message::Attached(_)
         | Message::StatsResult(_)
+        | Message::WatchEvent(_)
+        | Message::PortOpened(_)
+        | Message::StreamEnd(_)
         | Message::Error(_)) => {
             let msg = format!(
                 "{} is not a request the agent serves",

@@ -24,6 +24,8 @@
 //! - [`logbuf`]: the agent's own log in a bounded ring, for `AGENT_LOG`.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer; [`stats`]: the `STATS` answer.
 //! - [`cgroup`]: every exec's own cgroup v2 (limits, `cgroup.kill`, OOM).
+//! - [`watch`]: `WATCH` streams of inotify events; [`port`]: `PORT_OPEN`
+//!   streams to guest TCP ports.
 //!
 //! On SIGTERM, SIGINT (init forwards both) or `SHUTDOWN` the agent stops
 //! accepting, sends TERM to every session's process group, KILLs what is left
@@ -48,6 +50,7 @@ mod liveness;
 mod logbuf;
 mod oneshot;
 mod outbuf;
+mod port;
 mod process_ops;
 mod procs;
 mod pty;
@@ -61,6 +64,7 @@ mod stats;
 mod stdin;
 mod sysinfo;
 mod user;
+mod watch;
 mod writer;
 
 use std::path::PathBuf;
@@ -251,6 +255,8 @@ fn all_capabilities() -> u64 {
         C::AgentLog,
         C::ExecLimits,
         C::Stats,
+        C::Watch,
+        C::PortForward,
     ]
     .into_iter()
     .map(capability_bit)

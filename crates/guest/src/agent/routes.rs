@@ -42,6 +42,13 @@ pub enum Route {
     },
     FileRead(Arc<Credit>),
     FileWrite(Arc<Input>),
+    /// A `WATCH` stream: its output credit.
+    Watch(Arc<Credit>),
+    /// A `PORT_OPEN` stream: output credit and the host's `PORT_DATA` queue.
+    Port {
+        credit: Arc<Credit>,
+        input: Arc<Input>,
+    },
 }
 
 #[derive(Default)]
@@ -82,11 +89,14 @@ impl Routes {
         }
     }
 
-    /// The output credit of the exec session or file read `seq`, if one is
+    /// The output credit of stream `seq` (exec, file read, watch, port), if one is
     /// in flight (for the reader thread's fast path of `WINDOW_UPDATE`).
     pub fn credit(&self, seq: u32) -> Option<Arc<Credit>> {
         match self.lock().map.get(&seq)? {
-            Route::Exec { credit, .. } | Route::FileRead(credit) => Some(credit.clone()),
+            Route::Exec { credit, .. }
+            | Route::FileRead(credit)
+            | Route::Watch(credit)
+            | Route::Port { credit, .. } => Some(credit.clone()),
             Route::FileWrite(_) => None,
         }
     }
@@ -104,8 +114,12 @@ impl Routes {
                     credit.close();
                     ctl.end(grace);
                 }
-                Route::FileRead(credit) => credit.close(),
+                Route::FileRead(credit) | Route::Watch(credit) => credit.close(),
                 Route::FileWrite(input) => input.hang_up(),
+                Route::Port { credit, input } => {
+                    credit.close();
+                    input.hang_up();
+                }
             }
         }
     }
@@ -139,6 +153,14 @@ impl Routes {
                     credit.abort(err);
                     None
                 }
+                // The bytes to the guest socket have a hole: end that stream.
+                Some(Route::Port { input, .. }) if kind == MessageType::PortData as u8 => {
+                    input.abort(err);
+                    None
+                }
+                // Anything else refused for a watch or port stream is a
+                // report; the stream goes on.
+                Some(Route::Watch(_) | Route::Port { .. }) => Some(err),
                 None => Some(err),
             }
         };
@@ -271,7 +293,10 @@ impl StreamFrames {
 
     pub async fn window_update(&mut self, seq: u32, w: pb::WindowUpdate) {
         let found = self.lookup(seq, |r| match r {
-            Route::Exec { credit, .. } | Route::FileRead(credit) => Some(credit.clone()),
+            Route::Exec { credit, .. }
+            | Route::FileRead(credit)
+            | Route::Watch(credit)
+            | Route::Port { credit, .. } => Some(credit.clone()),
             Route::FileWrite(_) => None,
         });
         let credit = match found {
@@ -279,6 +304,42 @@ impl StreamFrames {
             Err(wrong) => return self.missed(seq, MessageType::WindowUpdate, wrong).await,
         };
         credit.add(w.bytes as u64);
+    }
+
+    /// `PORT_DATA` for a port stream: queued under its input credit.
+    pub async fn port_data(&mut self, seq: u32, d: pb::PortData) {
+        let found = self.lookup(seq, |r| match r {
+            Route::Port { input, .. } => Some(input.clone()),
+            _ => None,
+        });
+        let input = match found {
+            Ok(v) => v,
+            Err(wrong) => return self.missed(seq, MessageType::PortData, wrong).await,
+        };
+        if !input.credited() {
+            input.room().await;
+        }
+        if let Pushed::Overrun { len, credit } = input.push(d.data, d.eof) {
+            input.abort(overrun(seq, "PORT_DATA", len, credit));
+        }
+    }
+
+    /// `STREAM_CLOSE`: ends a watch or port stream; `end` is its `STREAM_END`.
+    pub async fn stream_close(&mut self, seq: u32, end: Message) {
+        let found = self.lookup(seq, |r| match r {
+            Route::Watch(c) => Some((c.clone(), None)),
+            Route::Port { credit, input } => Some((credit.clone(), Some(input.clone()))),
+            _ => None,
+        });
+        match found {
+            Ok((credit, input)) => {
+                if let Some(input) = input {
+                    input.abort(end.clone());
+                }
+                credit.abort(end);
+            }
+            Err(wrong) => self.missed(seq, MessageType::StreamClose, wrong).await,
+        }
     }
 
     /// A stream frame for a request of another kind (e.g. `FILE_DATA` for an

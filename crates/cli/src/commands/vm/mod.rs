@@ -6,6 +6,7 @@ pub mod clean;
 pub mod create;
 pub mod exec;
 pub mod exec_modes;
+pub mod expose;
 pub mod kill;
 pub mod list;
 pub mod logs;
@@ -16,6 +17,7 @@ pub mod shell;
 pub mod start;
 pub mod stats;
 pub mod stop;
+pub mod watch;
 
 use hearth_runtime::Runtime;
 
@@ -53,6 +55,10 @@ pub enum Cmd {
     Attach(attach::Args),
     /// Send a signal to a background process's group.
     Kill(kill::Args),
+    /// Print file events (create, write, remove, rename, attrib) in a VM until Ctrl-C.
+    Watch(watch::Args),
+    /// Forward a host port or Unix socket to a TCP port in a VM until Ctrl-C.
+    Expose(expose::Args),
 }
 
 pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
@@ -71,5 +77,7 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::Ps(a) => ps::run(state, a).await,
         Cmd::Attach(a) => attach::run(state, a).await,
         Cmd::Kill(a) => kill::run(state, a).await,
+        Cmd::Watch(a) => watch::run(state, a).await,
+        Cmd::Expose(a) => expose::run(state, a).await,
     }
 }
