@@ -259,13 +259,18 @@ async fn input_beyond_the_credit_fails_only_that_stream() {
 async fn both_sides_writing_before_reading_do_not_deadlock() {
     let agent = Agent::start();
     let c = agent.client().await;
-    const N: usize = 8 * 1024 * 1024;
-    // The guest server writes N bytes before it reads anything.
+    // The guest server writes DOWN bytes before it reads anything. DOWN fits
+    // the pump's output credit (4 MiB), so it can all be in flight while the
+    // local side is not reading yet; UP is more than any buffering between
+    // the local side and the guest, so it gets through only if the pump keeps
+    // reading the local side while its writes to it wait.
+    const DOWN: usize = 2 * 1024 * 1024;
+    const UP: usize = 8 * 1024 * 1024;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
-        s.write_all(&pattern(N, 1)).await.unwrap();
+        s.write_all(&pattern(DOWN, 1)).await.unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
         sha256(&got)
@@ -274,7 +279,7 @@ async fn both_sides_writing_before_reading_do_not_deadlock() {
     let (mut mine, theirs) = tokio::io::duplex(16 * 1024);
     let pump = tokio::spawn(stream.pump(theirs));
     // So does the local side.
-    let up = pattern(N, 2);
+    let up = pattern(UP, 2);
     let done = tokio::time::timeout(Duration::from_secs(120), async {
         mine.write_all(&up).await.unwrap();
         mine.shutdown().await.unwrap();
@@ -284,9 +289,9 @@ async fn both_sides_writing_before_reading_do_not_deadlock() {
     })
     .await
     .expect("the two directions must not wait on each other");
-    assert_eq!(sha256(&done), sha256(&pattern(N, 1)));
+    assert_eq!(sha256(&done), sha256(&pattern(DOWN, 1)));
     assert_eq!(server.await.unwrap(), sha256(&up));
     let end = pump.await.unwrap().expect("pump");
     assert_eq!(end.end.reason, pb::StreamEndReason::Finished as i32);
-    assert_eq!((end.to_guest, end.from_guest), (N as u64, N as u64));
+    assert_eq!((end.to_guest, end.from_guest), (UP as u64, DOWN as u64));
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::Agent;
@@ -40,6 +39,20 @@ async fn take(w: &mut WatchStream, n: usize) -> Vec<Ev> {
     out
 }
 
+/// Runs `script` with `sh -c` in `dir`. Writes go through a child process:
+/// a file the (multi-threaded) test process closes may still be open in a
+/// child that another test is forking at that moment, which delays its
+/// `IN_CLOSE_WRITE` past later operations.
+fn sh(dir: &str, script: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .expect("run sh");
+    assert!(st.success(), "sh -c {script:?} failed: {st}");
+}
+
 fn recursive() -> WatchOptions {
     WatchOptions {
         recursive: true,
@@ -57,23 +70,13 @@ async fn one_event_per_operation_in_order() {
     let f = format!("{d}/f");
     let g = format!("{d}/g");
     let sub = format!("{d}/sub");
-    // Many write(2) calls in one open: still one WRITE.
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&f).unwrap();
-        for _ in 0..50 {
-            file.write_all(b"x").unwrap();
-            file.flush().unwrap();
-        }
-    }
-    std::fs::rename(&f, &g).unwrap();
-    std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(&g, b"again").unwrap();
-    std::fs::remove_file(&g).unwrap();
-    std::fs::create_dir(&sub).unwrap();
-    std::fs::remove_dir(&sub).unwrap();
-    // A last operation: anything extra before it would show up in the list.
-    std::fs::write(format!("{d}/end"), b"").unwrap();
+    // Many write(2) calls in one open: still one WRITE. The last operation
+    // makes anything extra before it show up in the list.
+    sh(
+        &d,
+        "for i in $(seq 50); do printf x; done > f && mv f g && chmod 600 g && \
+         printf again > g && rm g && mkdir sub && rmdir sub && : > end",
+    );
     let got = take(&mut w, 10).await;
     let end = format!("{d}/end");
     assert_eq!(
@@ -106,8 +109,7 @@ async fn recursive_watch_follows_new_and_moved_in_directories() {
     std::fs::create_dir(&a).unwrap();
     // The CREATE of a directory comes once its own watch is in place.
     assert_eq!(take(&mut w, 1).await, vec![ev(K::Create, &a, "", true)]);
-    std::fs::write(format!("{a}/f"), b"1").unwrap();
-    std::fs::create_dir(format!("{a}/b")).unwrap();
+    sh(&a, "echo 1 > f && mkdir b");
     assert_eq!(
         take(&mut w, 3).await,
         vec![
@@ -125,7 +127,7 @@ async fn recursive_watch_follows_new_and_moved_in_directories() {
     // A tree made outside and moved in: its contents are scanned and reported.
     let outside = agent.path("outside");
     std::fs::create_dir_all(format!("{outside}/t/u")).unwrap();
-    std::fs::write(format!("{outside}/t/u/file"), b"x").unwrap();
+    sh(&outside, "echo x > t/u/file");
     let t = format!("{d}/t");
     std::fs::rename(format!("{outside}/t"), &t).unwrap();
     assert_eq!(
@@ -139,7 +141,7 @@ async fn recursive_watch_follows_new_and_moved_in_directories() {
     // Renamed directories keep reporting under their new paths.
     let t2 = format!("{d}/t2");
     std::fs::rename(&t, &t2).unwrap();
-    std::fs::write(format!("{t2}/u/new"), b"y").unwrap();
+    sh(&t2, "echo y > u/new");
     assert_eq!(
         take(&mut w, 3).await,
         vec![
@@ -151,8 +153,8 @@ async fn recursive_watch_follows_new_and_moved_in_directories() {
     // Moved out of the watch: a RENAME without a destination, then silence
     // from that tree (the next event is about the watched tree again).
     std::fs::rename(&t2, format!("{outside}/back")).unwrap();
-    std::fs::write(format!("{outside}/back/u/ignored"), b"z").unwrap();
-    std::fs::write(format!("{d}/last"), b"").unwrap();
+    sh(&outside, "echo z > back/u/ignored");
+    sh(&d, ": > last");
     assert_eq!(
         take(&mut w, 3).await,
         vec![
@@ -177,9 +179,7 @@ async fn a_full_queue_reports_how_many_events_were_lost() {
     };
     let mut w = c.watch(&d, &opts).await.expect("watch");
     const FILES: u64 = 100;
-    for i in 0..FILES {
-        std::fs::File::create(format!("{d}/f{i:03}")).unwrap();
-    }
+    sh(&d, &format!("for i in $(seq {FILES}); do : > f$i; done"));
     // Every file makes CREATE + WRITE; what is not delivered is counted.
     let (mut delivered, mut lost, mut overflows) = (0u64, 0u64, 0);
     while delivered + lost < 2 * FILES {
@@ -200,7 +200,7 @@ async fn a_full_queue_reports_how_many_events_were_lost() {
     assert_eq!(delivered + lost, 2 * FILES);
     assert!(overflows >= 1 && lost > 0, "no overflow reported");
     // The stream goes on normally afterwards.
-    std::fs::write(format!("{d}/after"), b"").unwrap();
+    sh(&d, ": > after");
     let got = take(&mut w, 2).await;
     assert_eq!(got[0], ev(K::Create, &format!("{d}/after"), "", false));
 }
@@ -264,10 +264,10 @@ async fn close_ends_one_watch_and_others_go_on() {
         .watch(&d, &WatchOptions::default())
         .await
         .expect("watch 2");
-    std::fs::write(format!("{d}/a"), b"").unwrap();
+    sh(&d, ": > a");
     let end = w1.close().await.expect("close");
     assert_eq!(end.reason, pb::StreamEndReason::Closed as i32);
-    std::fs::write(format!("{d}/b"), b"").unwrap();
+    sh(&d, ": > b");
     let got = take(&mut w2, 4).await;
     assert_eq!(got[0].1, format!("{d}/a"));
     assert_eq!(got[2].1, format!("{d}/b"));
@@ -284,11 +284,12 @@ async fn a_watched_file_reports_writes_and_its_move_ends_the_stream() {
     let agent = Agent::start();
     let c = agent.client().await;
     let f = agent.path("file");
-    std::fs::write(&f, b"0").unwrap();
+    sh(agent.dir.path().to_str().unwrap(), "echo 0 > file");
     let mut w = c.watch(&f, &recursive()).await.expect("watch a file");
-    std::fs::write(&f, b"1").unwrap();
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
-    std::fs::rename(&f, agent.path("moved")).unwrap();
+    sh(
+        agent.dir.path().to_str().unwrap(),
+        "echo 1 > file && chmod 640 file && mv file moved",
+    );
     assert_eq!(
         take(&mut w, 3).await,
         vec![
