@@ -38,7 +38,7 @@ enum Half {
     /// Its `eof` went through.
     Done,
     /// The host sent `STREAM_CLOSE` (its `STREAM_END` is the payload).
-    Closed(Message),
+    Closed(Box<Message>),
     /// The socket failed, or the host's input was refused.
     Failed(String),
     /// The agent connection is gone: nothing more to send.
@@ -119,7 +119,7 @@ pub async fn run(
                 break end(pb::StreamEndReason::Finished, "");
             }
             Half::Done => {}
-            Half::Closed(m) => break m,
+            Half::Closed(m) => break *m,
             Half::Failed(why) => break end(pb::StreamEndReason::Failed, why),
             Half::Gone => return routes.remove(seq),
         }
@@ -153,7 +153,7 @@ async fn down(
         let notified = credit.notified();
         if credit.is_closed() {
             return match credit.take_abort() {
-                Some(m) => Half::Closed(m),
+                Some(m) => Half::Closed(Box::new(m)),
                 None => Half::Gone,
             };
         }
@@ -207,7 +207,7 @@ async fn up(mut wr: OwnedWriteHalf, seq: u32, input: &Consumer, writer: &Writer)
                 return Half::Done;
             }
             Next::HungUp => return Half::Gone,
-            Next::Aborted(m) if matches!(*m, Message::StreamEnd(_)) => return Half::Closed(*m),
+            Next::Aborted(m) if matches!(*m, Message::StreamEnd(_)) => return Half::Closed(m),
             Next::Aborted(err) => {
                 let why = match &*err {
                     Message::Error(e) => e.message.clone(),
