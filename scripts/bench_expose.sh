@@ -25,7 +25,7 @@ rate() { echo "scale=1; $1 / ($3 - $2)" | bc -l; }
 
 id=$("$H" vm create --language python --network none)
 "$H" vm exec --vm "$id" --cmd 'mkdir -p /srv && head -c 67108864 /dev/urandom > /srv/blob && for i in 1 2 3 4 5 6 7 8; do head -c 8388608 /srv/blob > /srv/part$i; done' >/dev/null
-"$H" vm exec --vm "$id" --cmd 'cd /srv && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &' >/dev/null
+"$H" vm exec --vm "$id" --detach --tag web --cmd 'cd /srv && exec python3 -m http.server 8000 --bind 127.0.0.1' >/dev/null
 "$H" vm exec --vm "$id" --cmd 'for i in $(seq 100); do python3 -c "import socket; socket.create_connection((\"127.0.0.1\", 8000), 1)" 2>/dev/null && exit 0; sleep 0.2; done; exit 1' >/dev/null
 "$H" vm expose --vm "$id" 8000 > "$out/fwd" &
 fpid=$!

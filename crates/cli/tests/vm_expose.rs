@@ -108,11 +108,19 @@ fn expose_serves_32_concurrent_downloads_intact_without_a_nic() {
         "mkdir -p /srv && head -c 10485760 /dev/urandom > /srv/blob && sha256sum /srv/blob",
     );
     let want = sum.split_whitespace().next().expect("a sha256").to_string();
-    // Started in the background; it must outlive the exec that started it.
-    env.sh(
+    // A background process (`--detach`): an exec's own cgroup, and whatever
+    // it left running, is torn down when the exec ends.
+    env.ok(&[
+        "vm",
+        "exec",
+        "--vm",
         &id,
-        "cd /srv && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &",
-    );
+        "--detach",
+        "--tag",
+        "web",
+        "--cmd",
+        "cd /srv && exec python3 -m http.server 8000 --bind 127.0.0.1",
+    ]);
     env.sh(
         &id,
         "for i in $(seq 150); do python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000), 1)\" 2>/dev/null && exit 0; sleep 0.2; done; echo 'http.server did not come up' >&2; exit 1",
