@@ -420,6 +420,20 @@ async fn exec(client: &hearth_client::Client, script: &str) -> (i32, String, Str
     )
 }
 
+/// Kills a booted VM's processes (by pid, start time checked) if the test
+/// fails before it stopped them, so a failure leaves nothing running.
+struct KillOnDrop(ProcessId, ProcessId);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for p in [self.0, self.1] {
+            if p.is_alive() {
+                p.signal(libc::SIGKILL);
+            }
+        }
+    }
+}
+
 async fn stop_and_check_gone(handle: &VmHandle) {
     handle.stop(Duration::from_secs(10)).await.expect("stop");
     assert!(!handle.qemu.is_alive(), "qemu still runs after stop");
@@ -460,6 +474,7 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_and_sees_only_its_files() {
         .boot(&cfg)
         .await
         .unwrap_or_else(|e| panic!("jailed boot failed: {e}"));
+    let _cleanup = KillOnDrop(handle.qemu, handle.vhost);
     eprintln!(
         "jailed boot ({}): {:?}",
         host.factory.accel,
@@ -616,6 +631,7 @@ async fn jailed_vm_with_user_network_keeps_the_host_network_for_qemu_only() {
         .boot(&cfg)
         .await
         .unwrap_or_else(|e| panic!("jailed boot with user networking failed: {e}"));
+    let _cleanup = KillOnDrop(handle.qemu, handle.vhost);
     assert_runs_as(handle.qemu.pid, UID, "qemu");
     assert!(
         !own_namespace(handle.qemu.pid, "net"),
@@ -648,6 +664,7 @@ async fn unjailed_vm_keeps_the_callers_uid_and_still_gets_seccomp() {
         .boot(&cfg)
         .await
         .unwrap_or_else(|e| panic!("boot failed: {e}"));
+    let _cleanup = KillOnDrop(handle.qemu, handle.vhost);
     eprintln!(
         "unjailed boot ({}): {:?}",
         host.factory.accel,
