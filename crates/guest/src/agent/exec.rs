@@ -202,40 +202,8 @@ fn spawn_in(
     let (out_r, out_w) = pipe().map_err(os)?;
     let (err_r, err_w) = pipe().map_err(os)?;
     let started = Instant::now();
-    let child = spawn::start(&mut plan, in_r, &out_w, &err_w).map_err(|e| {
-        let msg = errno_text(e.errno);
-        match e.stage {
-            spawn::Stage::Chdir => never_started(
-                Kind::BadCwd,
-                e.errno,
-                format!("cwd {}: {msg}", spec.cwd.display()),
-            ),
-            spawn::Stage::Credentials => never_started(
-                Kind::BadUser,
-                e.errno,
-                format!(
-                    "switching to uid {:?} gid {:?}: {msg}",
-                    spec.identity.uid, spec.identity.gid
-                ),
-            ),
-            spawn::Stage::Cgroup => never_started(
-                Kind::Other,
-                e.errno,
-                format!(
-                    "joining cgroup {}: {msg}",
-                    cgroup
-                        .as_ref()
-                        .map_or(Path::new("?"), |g| g.path())
-                        .display()
-                ),
-            ),
-            spawn::Stage::Exec | spawn::Stage::Stdio | spawn::Stage::Setsid => never_started(
-                kind_for_errno(e.errno),
-                e.errno,
-                format!("{}: {msg}", spec.argv[0]),
-            ),
-        }
-    })?;
+    let child = spawn::start(&mut plan, in_r, &out_w, &err_w)
+        .map_err(|e| spawn_failed(spec, cgroup.as_ref(), e))?;
     drop((in_pipe_r, out_w, err_w));
     // The output pipes grow to PIPE_SIZE only once a child writes a lot
     // (see `grow_pipe`), so short commands do not pay for it.
@@ -261,6 +229,40 @@ fn spawn_in(
         started,
         cgroup,
     })
+}
+
+/// What a failed spawn of `spec` reports, by the step that failed (shared by
+/// pipe and pty execs).
+pub fn spawn_failed(spec: &Spec, cgroup: Option<&Group>, e: spawn::SpawnError) -> pb::NeverStarted {
+    let msg = errno_text(e.errno);
+    match e.stage {
+        spawn::Stage::Chdir => never_started(
+            Kind::BadCwd,
+            e.errno,
+            format!("cwd {}: {msg}", spec.cwd.display()),
+        ),
+        spawn::Stage::Credentials => never_started(
+            Kind::BadUser,
+            e.errno,
+            format!(
+                "switching to uid {:?} gid {:?}: {msg}",
+                spec.identity.uid, spec.identity.gid
+            ),
+        ),
+        spawn::Stage::Cgroup => never_started(
+            Kind::Other,
+            e.errno,
+            format!(
+                "joining cgroup {}: {msg}",
+                cgroup.map_or(Path::new("?"), |g| g.path()).display()
+            ),
+        ),
+        spawn::Stage::Exec | spawn::Stage::Stdio | spawn::Stage::Setsid => never_started(
+            kind_for_errno(e.errno),
+            e.errno,
+            format!("{}: {msg}", spec.argv[0]),
+        ),
+    }
 }
 
 /// Asks for a bigger pipe behind `fd` (best-effort), for children that write a lot.

@@ -149,44 +149,16 @@ pub fn spawn_on_pty(
     }
     let (master, slave) = open_pair(p.rows, p.cols).map_err(|e| os("opening a pty", e))?;
     let started = Instant::now();
-    let child = spawn::start(&mut plan, &slave, &slave, &slave).map_err(|e| {
-        let msg = errno_text(e.errno);
-        match e.stage {
-            spawn::Stage::Chdir => never_started(
-                Kind::BadCwd,
-                e.errno,
-                format!("cwd {}: {msg}", spec.cwd.display()),
+    let child = spawn::start(&mut plan, &slave, &slave, &slave).map_err(|e| match e.stage {
+        spawn::Stage::Setsid => never_started(
+            kind_for_errno(e.errno),
+            e.errno,
+            format!(
+                "making the pty the controlling terminal: {}",
+                errno_text(e.errno)
             ),
-            spawn::Stage::Credentials => never_started(
-                Kind::BadUser,
-                e.errno,
-                format!(
-                    "switching to uid {:?} gid {:?}: {msg}",
-                    spec.identity.uid, spec.identity.gid
-                ),
-            ),
-            spawn::Stage::Cgroup => never_started(
-                Kind::Other,
-                e.errno,
-                format!(
-                    "joining cgroup {}: {msg}",
-                    cgroup
-                        .as_ref()
-                        .map_or(std::path::Path::new("?"), |g| g.path())
-                        .display()
-                ),
-            ),
-            spawn::Stage::Setsid => never_started(
-                kind_for_errno(e.errno),
-                e.errno,
-                format!("making the pty the controlling terminal: {msg}"),
-            ),
-            spawn::Stage::Exec | spawn::Stage::Stdio => never_started(
-                kind_for_errno(e.errno),
-                e.errno,
-                format!("{}: {msg}", spec.argv[0]),
-            ),
-        }
+        ),
+        _ => super::exec::spawn_failed(spec, cgroup.as_ref(), e),
     })?;
     drop(slave);
     if let Err(e) = set_nonblocking(&master) {
