@@ -31,9 +31,10 @@ use clap::{Parser, Subcommand};
     about = "microVM sandboxes for untrusted code"
 )]
 pub struct Cli {
-    /// Log filter (error, warn, info, debug, trace or a tracing directive).
-    #[arg(long, global = true, env = "HEARTH_LOG_LEVEL", default_value = "warn")]
-    pub log_level: String,
+    /// Log filter (error, warn, info, debug, trace or a tracing directive;
+    /// default warn, and info for `serve`).
+    #[arg(long, global = true, env = "HEARTH_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// Also write JSON log lines to this file.
     #[arg(long, global = true, env = "HEARTH_LOG_FILE")]
     pub log_file: Option<std::path::PathBuf>,
@@ -60,11 +61,18 @@ pub enum Command {
     Run(commands::run::Args),
     /// Build or list guest images.
     Image(commands::image::Args),
+    /// Serve hearth's HTTP API and the E2B-compatible endpoint.
+    Serve(commands::serve::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let _guard = match logging::init(&cli.log_level, cli.log_file.as_deref()) {
+    let serving = matches!(cli.command, Command::Serve(_));
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| if serving { "info" } else { "warn" }.into());
+    let _guard = match logging::init(&level, cli.log_file.as_deref(), serving) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("hearth: {e:#}");

@@ -19,6 +19,8 @@ pub struct Agent {
     label: String,
     /// Environment every exec gets first (the sandbox image's).
     base_env: Vec<(String, String)>,
+    /// The user execs run as when they name none (the sandbox image's).
+    default_user: Option<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -45,7 +47,18 @@ impl Agent {
             client,
             label,
             base_env,
+            default_user: None,
         }
+    }
+
+    /// Sets the user execs run as when they name none.
+    pub(crate) fn with_user(mut self, user: Option<String>) -> Self {
+        self.default_user = user;
+        self
+    }
+
+    pub(crate) fn default_user(&self) -> Option<&str> {
+        self.default_user.as_deref()
     }
 
     /// The agent's READY frame (versions, capabilities, boot timings).
@@ -80,7 +93,7 @@ impl Agent {
         spec.validate()?;
         let handle = self
             .client
-            .exec_stream(spec.to_start(&self.base_env))
+            .exec_stream(spec.to_start(&self.base_env, self.default_user()))
             .await
             .map_err(self.err(format_args!("cannot start {:?}", spec.argv[0])))?;
         let stream = ExecStream {

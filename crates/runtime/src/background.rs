@@ -195,7 +195,7 @@ impl Agent {
                 crate::exec::INLINE_STDIN_MAX
             )));
         }
-        let mut req = spec.exec.to_start(self.base_env());
+        let mut req = spec.exec.to_start(self.base_env(), self.default_user());
         req.stdin_open = spec.exec.stdin_open;
         req.tag = spec.tag.clone().unwrap_or_default();
         req.buffer_bytes = spec.buffer_bytes;

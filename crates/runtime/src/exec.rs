@@ -31,6 +31,9 @@ pub struct ExecSpec {
     pub pty: Option<crate::background::PtySize>,
     /// Resource limits (the exec's own cgroup in the guest).
     pub limits: crate::Limits,
+    /// Run as this user of the guest's /etc/passwd (default: the sandbox's
+    /// user, else root).
+    pub user: Option<String>,
 }
 
 impl ExecSpec {
@@ -77,7 +80,11 @@ impl ExecSpec {
     }
 
     /// The wire form, with `base_env` (the sandbox's) first.
-    pub(crate) fn to_start(&self, base_env: &[(String, String)]) -> pb::ExecStart {
+    pub(crate) fn to_start(
+        &self,
+        base_env: &[(String, String)],
+        default_user: Option<&str>,
+    ) -> pb::ExecStart {
         let inline = self.stdin_inline();
         pb::ExecStart {
             argv: self.argv.clone(),
@@ -96,6 +103,10 @@ impl ExecSpec {
             window: self.window,
             pty: self.pty.as_ref().map(crate::background::PtySize::to_pb),
             limits: self.limits.to_pb(),
+            user: self.user.as_deref().or(default_user).map(|name| pb::User {
+                name: name.to_string(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -373,7 +384,7 @@ mod tests {
         let mut s = ExecSpec::shell("true");
         s.env = vec![("A".into(), "2".into())];
         s.timeout = Some(Duration::from_micros(10));
-        let p = s.to_start(&[("A".into(), "1".into())]);
+        let p = s.to_start(&[("A".into(), "1".into())], None);
         assert_eq!(p.env.len(), 2);
         assert_eq!(p.env[1].value, "2");
         assert_eq!(p.timeout_ms, 1);

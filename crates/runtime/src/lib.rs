@@ -13,6 +13,7 @@
 //!   [`limits`]: per-exec resource [`Limits`]; [`stats`]: guest [`Stats`].
 //! - [`watch`]: file watches ([`Watch`]); [`expose`]: host listeners forwarded
 //!   to guest ports ([`Exposure`]).
+//! - [`lifetime`]: sandbox deadlines ([`Runtime::set_deadline`], [`Runtime::expired`]).
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
 //! - [`reconcile`]: the pure rule from processes to statuses.
@@ -44,6 +45,7 @@ pub mod expose;
 pub mod files;
 pub mod host;
 pub mod images;
+pub mod lifetime;
 pub mod lifecycle;
 pub mod limits;
 pub mod logs;

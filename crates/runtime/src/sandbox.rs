@@ -111,7 +111,8 @@ impl Sandbox {
                         c,
                         format!("vm {}", self.record.id),
                         self.record.env.clone(),
-                    )),
+                    )
+                    .with_user(self.record.user.clone())),
                     Err(e) => Err(self.explain(e).await),
                 }
             })

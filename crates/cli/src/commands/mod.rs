@@ -6,6 +6,7 @@ pub mod image;
 pub mod info;
 pub mod ping;
 pub mod run;
+pub mod serve;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -21,5 +22,6 @@ pub async fn dispatch(cmd: Command, state_dir: Option<PathBuf>) -> anyhow::Resul
         Command::Vm(a) => vm::run(a, crate::edge::runtime(state_dir).await?).await,
         Command::Run(a) => run::run(a, crate::edge::runtime(state_dir).await?).await,
         Command::Image(a) => image::run(a, crate::edge::runtime(state_dir).await?).await,
+        Command::Serve(a) => serve::run(a, state_dir).await,
     }
 }

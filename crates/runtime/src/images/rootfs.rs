@@ -20,6 +20,8 @@ pub struct RootImage {
     pub hash: Option<String>,
     pub env: Vec<(String, String)>,
     pub hello: Vec<String>,
+    /// The user commands run as by default (`None`: root).
+    pub user: Option<String>,
 }
 
 /// Parses a language name, listing the valid ones in the error.
@@ -92,6 +94,7 @@ pub fn user_image(path: &Path) -> Result<RootImage> {
         hash: None,
         env: Vec::new(),
         hello: Vec::new(),
+        user: None,
     })
 }
 
@@ -104,6 +107,7 @@ pub fn language_image(language: Language, info: ImageInfo) -> RootImage {
         hash: Some(info.recipe_hash),
         env: info.env,
         hello: info.hello,
+        user: None,
     }
 }
 

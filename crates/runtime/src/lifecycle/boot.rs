@@ -103,7 +103,8 @@ pub async fn boot(
                 .await;
             match updated {
                 Ok(rec) => {
-                    let agent = Agent::new(b.client, format!("vm {id}"), rec.env.clone());
+                    let agent = Agent::new(b.client, format!("vm {id}"), rec.env.clone())
+                        .with_user(rec.user.clone());
                     Ok(BootOutcome::Booted(Box::new(Sandbox::with_agent(
                         rt.clone(),
                         rec,

@@ -53,6 +53,13 @@ pub struct CreateSpec {
     pub name: Option<String>,
     /// How long the boot may take (default: the runtime config's).
     pub boot_timeout: Option<Duration>,
+    /// Environment of every exec, after the image's (later entries win).
+    pub env: Vec<(String, String)>,
+    /// Free-form labels kept in the record.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Remove the sandbox this long after it was created (a server's reaper
+    /// does it; see [`crate::VmRecord::deadline_ms`]).
+    pub lifetime: Option<Duration>,
 }
 
 impl Default for CreateSpec {
@@ -69,9 +76,15 @@ impl Default for CreateSpec {
             disk_mib: None,
             name: None,
             boot_timeout: None,
+            env: Vec::new(),
+            metadata: Default::default(),
+            lifetime: None,
         }
     }
 }
+
+/// The longest lifetime a sandbox can be given (30 days).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Language images, and initramfs files with their sizes.
 pub type ImageList = (Vec<hearth_image::rootfs::ImageInfo>, Vec<(PathBuf, u64)>);
@@ -139,6 +152,25 @@ impl CreateSpec {
         }
         if let Some(n) = &self.name {
             check_name("vm name", n)?;
+        }
+        if let Some(k) = self
+            .env
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| k.is_empty() || k.contains(['=', '\0']))
+        {
+            return Err(Error::InvalidSpec(format!(
+                "environment variable name {k:?} is empty or contains '=' or NUL"
+            )));
+        }
+        if let Some(l) = self.lifetime {
+            if l.is_zero() || l > MAX_LIFETIME {
+                return Err(Error::InvalidSpec(format!(
+                    "lifetime {} s is out of range (1..={} s)",
+                    l.as_secs(),
+                    MAX_LIFETIME.as_secs()
+                )));
+            }
         }
         if self.persist.is_some() && !has_root {
             return Err(Error::InvalidSpec(
@@ -251,9 +283,20 @@ impl Runtime {
             },
             network: spec.network,
             persist_volume,
-            env: root.as_ref().map(|r| r.env.clone()).unwrap_or_default(),
+            env: root
+                .as_ref()
+                .map(|r| r.env.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.env.iter().cloned())
+                .collect(),
             hello: root.as_ref().map(|r| r.hello.clone()).unwrap_or_default(),
             vmm_uid: None,
+            user: root.as_ref().and_then(|r| r.user.clone()),
+            metadata: spec.metadata.clone(),
+            deadline_ms: spec
+                .lifetime
+                .map(|l| super::now_millis().saturating_add(l.as_millis() as u64)),
         };
         let host = self.host();
         let policy = cfg.admission.clone();

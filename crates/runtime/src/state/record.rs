@@ -1,6 +1,7 @@
 //! [`VmRecord`]: one sandbox as stored in the state DB (schema version 2).
 
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_vmm::{BackendHandle, LowerFs, Network, ProcessId};
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,17 @@ pub struct VmRecord {
     /// The uid its jailed VMM runs as (one per sandbox).
     #[serde(default)]
     pub vmm_uid: Option<u32>,
+    /// The user commands run as unless a request names one (the image's;
+    /// `None` is root).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Free-form labels given at create (the server's list filters use them).
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// When the server's reaper removes it, in milliseconds since the Unix
+    /// epoch (`None`: never). Kept here so it survives a server restart.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 impl VmRecord {
@@ -128,6 +140,12 @@ impl VmRecord {
             .as_deref()
             .and_then(|p| p.file_stem())
             .map(|s| s.to_string_lossy().into_owned())
+    }
+
+    /// The deadline as a time.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.deadline_ms
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     /// Whether `key` is this record's id or name.

@@ -27,6 +27,9 @@ pub(crate) fn rec(id: &str, status: VmStatus) -> VmRecord {
         env: Vec::new(),
         hello: Vec::new(),
         vmm_uid: None,
+        user: None,
+        metadata: Default::default(),
+        deadline_ms: None,
     }
 }
 

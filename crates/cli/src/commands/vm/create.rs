@@ -77,6 +77,7 @@ impl Args {
             disk_mib: self.disk_mib,
             name: self.name.clone(),
             boot_timeout: self.boot_timeout,
+            ..Default::default()
         }
     }
 }
