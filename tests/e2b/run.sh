@@ -14,21 +14,17 @@ REQ=tests/e2b/requirements.txt
 KEY=$( (cat "$REQ"; echo "sdk=$SDK") | sha256sum | cut -c1-16)
 VENV=/var/tmp/hearth-e2b-venv-$KEY
 PY=/usr/bin/python3
-if [ ! -x "$VENV/bin/pytest" ]; then
+# A venv's scripts name its own path, so it is made in place; the marker says
+# the install finished (a half-made venv is made again).
+if [ ! -e "$VENV/.complete" ]; then
     echo "==> e2b tier: making the venv $VENV (PyPI)" >&2
-    rm -rf "$VENV.tmp"
-    "$PY" -m venv "$VENV.tmp"
-    "$VENV.tmp/bin/pip" install -q --disable-pip-version-check -r "$REQ"
-    if [ -n "$SDK" ]; then
-        "$VENV.tmp/bin/pip" install -q --disable-pip-version-check "e2b==$SDK"
-    fi
-    # The venv's scripts name their own path: make it in place, then move.
-    rm -rf "$VENV.tmp"
+    rm -rf "$VENV"
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
     if [ -n "$SDK" ]; then
         "$VENV/bin/pip" install -q --disable-pip-version-check "e2b==$SDK"
     fi
+    touch "$VENV/.complete"
 fi
 export HEARTH_BIN="${HEARTH_BIN:-$PWD/target/release/hearth}"
 export HEARTH_GUEST_BIN="${HEARTH_GUEST_BIN:-$PWD/target/x86_64-unknown-linux-gnu/release/hearth-guest}"
