@@ -174,6 +174,26 @@ impl Sandbox {
         self.call(async |a| a.read_file(path).await).await
     }
 
+    /// Streams a guest file into `w` (bounded memory); returns the bytes copied.
+    pub async fn read_file_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        w: &mut W,
+    ) -> Result<u64> {
+        self.call(async |a| a.read_file_to(path, w).await).await
+    }
+
+    /// Writes a guest file from `r` as it arrives (atomically: temp name,
+    /// fsync, rename); returns the bytes written.
+    pub async fn write_file<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        r: &mut R,
+        mode: u32,
+    ) -> Result<u64> {
+        self.call(async |a| a.write_file(path, r, mode).await).await
+    }
+
     pub async fn write_bytes(&self, path: &str, data: &[u8], mode: u32) -> Result<u64> {
         self.call(async |a| a.write_bytes(path, data, mode).await)
             .await
