@@ -108,8 +108,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let rt = Runtime::open(config).await?;
     // Build (or find) the image first, so creates measure boots only.
-    rt.ensure_language_image(spec.language.as_deref().unwrap_or("base"), &(Arc::new(NoProgress) as SharedProgress))
-        .await?;
+    rt.ensure_language_image(
+        spec.language.as_deref().unwrap_or("base"),
+        &(Arc::new(NoProgress) as SharedProgress),
+    )
+    .await?;
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|i| tokio::spawn(one_client(rt.clone(), spec.clone(), commands, i)))

@@ -34,7 +34,10 @@ pub async fn reaper(state: AppState) {
 }
 
 /// Removes every expired sandbox once.
-pub async fn reap_once(state: &AppState, progress: &SharedProgress) -> hearth_runtime::Result<usize> {
+pub async fn reap_once(
+    state: &AppState,
+    progress: &SharedProgress,
+) -> hearth_runtime::Result<usize> {
     let expired = state.runtime().expired(SystemTime::now()).await?;
     let mut n = 0;
     for rec in expired {

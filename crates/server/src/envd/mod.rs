@@ -28,7 +28,8 @@ pub async fn require_access_token(
     next: Next,
 ) -> Response {
     let Some(id) = sandbox_id(&req) else {
-        return ApiError::bad_request("the E2b-Sandbox-Id header is not valid text").into_response();
+        return ApiError::bad_request("the E2b-Sandbox-Id header is not valid text")
+            .into_response();
     };
     let token = req
         .headers()
