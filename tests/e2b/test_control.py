@@ -181,6 +181,7 @@ def test_errors_are_json_and_sdk_exceptions(server):
         ("POST", "/sandboxes/nosuch/timeout", '{"timeout": "soon"}', 400),
         ("DELETE", "/sandboxes/nosuch", None, 404),
         ("POST", "/sandboxes/nosuch/pause", None, 501),
+        ("PUT", "/v2/sandboxes", "{}", 405),
     ]:
         got, _, err = raw(server, method, path, body)
         assert got == status, (method, path, got, err)

@@ -103,8 +103,12 @@ pub const BASE_USER: &str = "user";
 const BASE_HOOK: &[&str] = &[
     "grep -q '^user:' \"$R/etc/group\" || echo 'user:x:1000:' >> \"$R/etc/group\"",
     "grep -q '^user:' \"$R/etc/passwd\" || echo 'user:x:1000:1000::/home/user:/bin/bash' >> \"$R/etc/passwd\"",
-    "if [ -f \"$R/etc/shadow\" ]; then grep -q '^user:' \"$R/etc/shadow\" || echo 'user:*:20000:0:99999:7:::' >> \"$R/etc/shadow\"; fi",
-    "sed -i -e 's/^sudo:x:27:$/sudo:x:27:user/' \"$R/etc/group\"",
+    // pam_unix (sudo's account check) needs a shadow entry for every user.
+    "[ -f \"$R/etc/shadow\" ] || : > \"$R/etc/shadow\"",
+    "cut -d: -f1 \"$R/etc/passwd\" | while read -r u; do grep -q \"^$u:\" \"$R/etc/shadow\" || echo \"$u:*:20000:0:99999:7:::\" >> \"$R/etc/shadow\"; done",
+    "chmod 0640 \"$R/etc/shadow\"",
+    "if grep -q '^shadow:' \"$R/etc/group\"; then chgrp 42 \"$R/etc/shadow\"; fi",
+    "sed -i -e 's/^\\(sudo:[^:]*:27:\\)$/\\1user/' \"$R/etc/group\"",
     "mkdir -p \"$R/home/user\" \"$R/etc/sudoers.d\"",
     "if [ -d \"$R/etc/skel\" ]; then cp -a \"$R/etc/skel/.\" \"$R/home/user/\"; fi",
     "chown -R 1000:1000 \"$R/home/user\"",
@@ -199,7 +203,7 @@ impl Recipe {
             language: Language::Base,
             suite: "bookworm".into(),
             variant: "essential".into(),
-            packages: s(&["bash", "coreutils", "git", "python3", "sudo"])
+            packages: s(&["bash", "coreutils", "git", "python3", "sudo", "passwd"])
                 .into_iter()
                 .chain(BASE_PACKAGES.iter().map(|p| p.to_string()))
                 .collect(),

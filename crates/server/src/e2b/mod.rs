@@ -11,10 +11,13 @@ pub mod model;
 pub mod sandboxes;
 pub mod templates;
 
+use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::app::AppState;
+use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
     use sandboxes as s;
@@ -29,4 +32,14 @@ pub fn router() -> Router<AppState> {
         .route("/sandboxes/{id}/pause", post(s::unsupported))
         .route("/sandboxes/{id}/snapshots", post(s::unsupported))
         .route("/sandboxes/{id}/fork", post(s::unsupported))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// A known path with a method it does not take: a JSON 405.
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
 }
