@@ -10,8 +10,15 @@ use axum::Router;
 use crate::app::AppState;
 use crate::error::ApiError;
 
+pub mod entry;
+pub mod files;
+pub mod filesystem;
+pub mod fs_rpc;
+pub mod watch;
+pub mod watch_dir;
+
 pub fn router() -> Router<AppState> {
-    Router::new()
+    Router::new().merge(filesystem::router())
 }
 
 /// The sandbox a gateway request is for (its `E2b-Sandbox-Id`).
