@@ -317,3 +317,16 @@ def test_bad_requests_get_clear_errors(fsbx, d):
     assert r.status_code == 401 and "invalid username" in r.json()["message"]
     # The sandbox keeps serving.
     assert fsbx.files.exists(d) is True
+
+
+def test_zz_killed_sandbox_raises_not_running(fsbx):
+    """Last in the module: it kills the shared sandbox."""
+    from e2b.exceptions import SandboxNotRunningException
+
+    path = "/home/user/after-kill.txt"
+    fsbx.files.write(path, "x")
+    fsbx.kill()
+    with pytest.raises(SandboxNotRunningException):
+        fsbx.files.read(path)
+    with pytest.raises(SandboxNotRunningException):
+        fsbx.files.exists(path)

@@ -81,10 +81,7 @@ pub async fn caller(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let sandbox = match state.sandbox(&id).await {
-        Ok(s) => s,
-        Err(e) => return Err(e),
-    };
+    let sandbox = state.sandbox(&id).await.map_err(|e| sandbox_gone(&id, e))?;
     let named = match username.filter(|u| !u.is_empty()) {
         Some(u) => Some(u.to_string()),
         None => basic_user(headers)?,
@@ -106,6 +103,20 @@ pub async fn caller(
         home,
         accounts,
     })
+}
+
+/// A sandbox that is unknown or not running answers as E2B's proxy does:
+/// 502 with "was not found" (the SDK's SandboxNotRunning), so it is never
+/// taken for a missing file.
+pub fn sandbox_gone(id: &str, e: ApiError) -> ApiError {
+    match e.kind {
+        "not_found" | "wrong_state" => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sandbox_not_found",
+            format!("sandbox {id} was not found ({})", e.message),
+        ),
+        _ => e,
+    }
 }
 
 /// A Connect error (unary calls): the status of its code and a JSON body
@@ -156,7 +167,9 @@ pub fn connect_code(e: &ApiError) -> &'static str {
         "unauthenticated" => "unauthenticated",
         "no_space" | "resource_exhausted" => "resource_exhausted",
         "unimplemented" => "unimplemented",
-        "unavailable" | "cancelled" | "sandbox_died" | "agent_unreachable" => "unavailable",
+        "unavailable" | "cancelled" | "sandbox_died" | "agent_unreachable" | "sandbox_not_found" => {
+            "unavailable"
+        }
         "wrong_state" | "conflict" => "failed_precondition",
         _ => match e.status.as_u16() {
             400 => "invalid_argument",
@@ -227,6 +240,10 @@ mod tests {
         assert_eq!(ns.code, "resource_exhausted");
         assert_eq!(c(ApiError::internal("q")).code, "internal");
         assert_eq!(nf.json()["message"], "x");
+        let gone = sandbox_gone("abc", ApiError::not_found("no vm abc"));
+        assert_eq!(gone.status, StatusCode::BAD_GATEWAY);
+        assert!(gone.message.contains("sandbox abc was not found"), "{}", gone.message);
+        assert_eq!(c(gone).code, "unavailable");
     }
 
     #[test]
