@@ -21,6 +21,8 @@ use hearth_runtime::Sandbox;
 
 pub mod connect;
 pub mod pb;
+pub mod process;
+mod process_map;
 pub mod user;
 
 use crate::app::AppState;
@@ -30,7 +32,10 @@ use connect::ConnectError;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
+        .merge(process::router())
+        // Routes go above: the layers below reach only what is added before them.
         .layer(Extension(user::Users::default()))
+        .layer(Extension(process_map::Registry::default()))
 }
 
 /// The running sandbox a gateway request is for. Unknown, stopped or dead
