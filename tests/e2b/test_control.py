@@ -209,7 +209,12 @@ def test_reaper_removes_an_expired_sandbox(server, made):
     wait_until(gone, timeout=60, what="the reaper to remove a 5 s sandbox")
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(sid)
-    assert sid not in server.hearth("vm", "list", "--json").stdout
+    # Hidden from E2B once stopped; the record goes when the removal ends.
+    wait_until(
+        lambda: sid not in server.hearth("vm", "list", "--all", "--json").stdout,
+        timeout=60,
+        what="the reaper to remove the record",
+    )
 
 
 def test_restart_keeps_sandboxes_and_reaps_what_expired(server, monkeypatch):
@@ -226,14 +231,14 @@ def test_restart_keeps_sandboxes_and_reaps_what_expired(server, monkeypatch):
     try:
         point(srv)
         keep = Sandbox.create(timeout=600, metadata={"restart": "keep"})
-        short = Sandbox.create(timeout=10, metadata={"restart": "short"})
+        short = Sandbox.create(timeout=20, metadata={"restart": "short"})
         short_end = short.get_info().end_at
         assert srv.stop() == 0
 
         # The short one's deadline passes while no server runs.
         while datetime.now(timezone.utc) < short_end + timedelta(seconds=1):
             time.sleep(0.5)
-        listed = srv.hearth("vm", "list", "--json").stdout
+        listed = srv.hearth("vm", "list", "--all", "--json").stdout
         assert keep.sandbox_id in listed and short.sandbox_id in listed
 
         srv = Server(state_dir, token_file).start()
@@ -248,10 +253,29 @@ def test_restart_keeps_sandboxes_and_reaps_what_expired(server, monkeypatch):
         wait_until(reaped, timeout=60, what="the restarted server to reap the expired sandbox")
         with pytest.raises(SandboxNotFoundException):
             Sandbox.get_info(short.sandbox_id)
-        assert short.sandbox_id not in srv.hearth("vm", "list", "--json").stdout
+        wait_until(
+            lambda: short.sandbox_id not in srv.hearth("vm", "list", "--all", "--json").stdout,
+            timeout=60,
+            what="the restarted server to remove the expired record",
+        )
         again = Sandbox.connect(keep.sandbox_id)
         assert again.sandbox_id == keep.sandbox_id
         assert Sandbox.kill(keep.sandbox_id) is True
     finally:
         srv.stop()
         srv.hearth("vm", "clean", "--all", check=False)
+
+
+def test_a_stopped_sandbox_is_not_found_but_can_be_killed(server, made):
+    """E2B knows only running and paused: hearth's stopped sandboxes are hidden."""
+    sbx = create(made, timeout=300, metadata={"case": "stopped"})
+    server.hearth("vm", "stop", "--vm", sbx.sandbox_id)
+    listed = {s.sandbox_id for s in Sandbox.list().next_items()}
+    assert sbx.sandbox_id not in listed
+    with pytest.raises(SandboxNotFoundException, match=sbx.sandbox_id):
+        Sandbox.get_info(sbx.sandbox_id)
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.connect(sbx.sandbox_id)
+    assert '"stopped"' in server.hearth("vm", "list", "--all", "--json").stdout
+    assert Sandbox.kill(sbx.sandbox_id) is True
+    assert sbx.sandbox_id not in server.hearth("vm", "list", "--all", "--json").stdout
