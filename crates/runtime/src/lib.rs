@@ -42,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod expose;
+pub mod file_owner;
 pub mod files;
 pub mod host;
 pub mod images;

@@ -1,17 +1,82 @@
 //! The E2B sandbox surface ("envd"), served by the host: requests carrying
 //! `E2b-Sandbox-Id` are translated to hearth's agent protocol. The guest stays
 //! hearth's own agent.
+//!
+//! - [`pb`]: the envd schema's types (prost + proto3 JSON).
+//! - [`connect`]: the Connect protocol over axum (unary, server and client
+//!   streams, envelopes, errors, timeouts, keepalives).
+//! - [`user`]: the user a request runs as, its home and default cwd.
+//! - [`process`]: the `process.Process` service over hearth background
+//!   processes.
+//! - [`filesystem`]: the `filesystem.Filesystem` service and `/files`
+//!   ([`files`]); [`entry`] maps hearth's `FileInfo` to envd's `EntryInfo`,
+//!   [`watch`] / [`watch_dir`] are directory watches, [`fs_rpc`] the
+//!   request's sandbox and user.
+
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::routing::get;
+use axum::{Extension, Router};
+use hearth_runtime::Sandbox;
+
+pub mod connect;
+pub mod pb;
+pub mod process;
+mod process_map;
+pub mod user;
+
+pub mod entry;
+pub mod files;
+pub mod filesystem;
+pub mod fs_rpc;
+pub mod watch;
+pub mod watch_dir;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use connect::ConnectError;
+
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/health", get(health))
+        .merge(process::router())
+        .merge(filesystem::router())
+        // Routes go above: the layers below reach only what is added before them.
+        .layer(Extension(user::Users::default()))
+        .layer(Extension(process_map::Registry::default()))
+}
+
+/// The running sandbox a gateway request is for. Unknown, stopped or dead
+/// sandboxes are `unavailable` "... was not found" (what the SDK reads as
+/// "not running").
+pub async fn sandbox(state: &AppState, headers: &HeaderMap) -> Result<Arc<Sandbox>, ConnectError> {
+    let id = headers
+        .get("e2b-sandbox-id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ConnectError::invalid_argument("the E2b-Sandbox-Id header is missing or not text")
+        })?;
+    match state.sandbox(id).await {
+        Ok(s) => Ok(s),
+        Err(e) if matches!(e.kind, "not_found" | "wrong_state") => {
+            Err(ConnectError::sandbox_gone(id, e.message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /health`: 204 while the sandbox runs.
+async fn health(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ConnectError> {
+    sandbox(&state, &headers).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The sandbox a gateway request is for (its `E2b-Sandbox-Id`).
