@@ -104,6 +104,21 @@ def test_background_connect_send_stdin(sbx):
     assert h.wait().stdout == "got:hello\nand:world\n", "the Start stream sees all of it"
 
 
+def test_close_stdin_gives_end_of_file(sbx):
+    h = sbx.commands.run("cat; echo closed", background=True, stdin=True)
+    sbx.commands.send_stdin(h.pid, "a\n")
+    sbx.commands.close_stdin(h.pid)
+    r = h.wait()
+    assert r.stdout == "a\nclosed\n"
+
+
+def test_stream_input_in_chunks(sbx):
+    h = sbx.commands.run("head -c 12; echo; echo done", background=True, stdin=True)
+    sbx.commands.stream_input(h.pid, iter([b"hello ", "world!", b"ignored"]))
+    r = h.wait()
+    assert r.stdout == "hello world!\ndone\n"
+
+
 def test_background_list_and_kill(sbx):
     h = sbx.commands.run("sleep 600", background=True, envs={"K": "v"}, cwd="/tmp")
     procs = running_cmds(sbx)

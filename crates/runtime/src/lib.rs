@@ -57,6 +57,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod state;
 pub mod stats;
+pub mod stdin_close;
 pub mod watch;
 
 pub use agent::Agent;
