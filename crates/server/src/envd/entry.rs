@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hearth_runtime::{pb, Sandbox};
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResult};
+use super::connect::ConnectError;
 
 /// envd's `FileType` names.
 pub const FILE_TYPE_FILE: &str = "FILE_TYPE_FILE";
@@ -77,11 +77,17 @@ impl Accounts {
 
     /// The user's name, or the number when /etc/passwd has none.
     pub fn user(&self, uid: u32) -> String {
-        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
     }
 
     pub fn group(&self, gid: u32) -> String {
-        self.groups.get(&gid).cloned().unwrap_or_else(|| gid.to_string())
+        self.groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string())
     }
 
     /// The home directory of `user` (`/root` for root, else `/home/<user>`
@@ -204,9 +210,11 @@ pub fn entry_info(info: &pb::FileInfo, path: &str, accounts: &Accounts) -> Entry
 
 /// `path` made absolute against `home` and normalised (`.`, `..`, `//`,
 /// `~`); an empty path is the home itself. A path with a NUL is refused.
-pub fn resolve(path: &str, home: &str) -> ApiResult<String> {
+pub fn resolve(path: &str, home: &str) -> Result<String, ConnectError> {
     if path.contains('\0') {
-        return Err(ApiError::bad_request(format!("invalid path {path:?}: it contains a NUL byte")));
+        return Err(ConnectError::invalid_argument(format!(
+            "invalid path {path:?}: it contains a NUL byte"
+        )));
     }
     let joined = if path.starts_with('/') {
         path.to_string()
@@ -254,7 +262,10 @@ mod tests {
     fn permissions_like_go() {
         assert_eq!(permissions_string(pb::FileKind::File, 0o644), "-rw-r--r--");
         assert_eq!(permissions_string(pb::FileKind::Dir, 0o755), "drwxr-xr-x");
-        assert_eq!(permissions_string(pb::FileKind::Symlink, 0o777), "Lrwxrwxrwx");
+        assert_eq!(
+            permissions_string(pb::FileKind::Symlink, 0o777),
+            "Lrwxrwxrwx"
+        );
         assert_eq!(permissions_string(pb::FileKind::File, 0o4700), "-rwx------");
         assert_eq!(permissions_string(pb::FileKind::File, 0), "----------");
     }
@@ -309,7 +320,10 @@ mod tests {
         assert_eq!(e.mode, 0o644);
         assert_eq!(e.permissions, "-rw-r--r--");
         assert_eq!((e.owner.as_str(), e.group.as_str()), ("user", "user"));
-        assert_eq!(e.modified_time.as_deref(), Some("2023-11-14T22:13:20.123000000Z"));
+        assert_eq!(
+            e.modified_time.as_deref(),
+            Some("2023-11-14T22:13:20.123000000Z")
+        );
         assert!(!e.is_symlink && e.symlink_target.is_none());
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(j["type"], "FILE_TYPE_FILE");
