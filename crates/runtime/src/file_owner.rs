@@ -61,7 +61,12 @@ impl Sandbox {
             return Err(Error::InvalidSpec(format!("invalid user name {user:?}")));
         }
         for batch in paths.chunks(CHOWN_BATCH) {
-            let mut argv = vec!["chown".to_string(), "-h".into(), format!("{user}:"), "--".into()];
+            let mut argv = vec![
+                "chown".to_string(),
+                "-h".into(),
+                format!("{user}:"),
+                "--".into(),
+            ];
             argv.extend(batch.iter().cloned());
             let spec = ExecSpec {
                 argv,
@@ -91,6 +96,9 @@ mod tests {
     fn parents_nearest_root_first() {
         assert_eq!(parents_of("/a/b/c"), vec!["/a", "/a/b"]);
         assert_eq!(parents_of("/a"), Vec::<String>::new());
-        assert_eq!(parents_of("/home/user/x/y.txt"), vec!["/home", "/home/user", "/home/user/x"]);
+        assert_eq!(
+            parents_of("/home/user/x/y.txt"),
+            vec!["/home", "/home/user", "/home/user/x"]
+        );
     }
 }

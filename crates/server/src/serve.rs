@@ -105,6 +105,13 @@ pub async fn serve(
     let reaper = tokio::spawn(crate::lifetime::reaper(state.clone()));
     let stop = state.shutdown().clone();
     let app = router(state.clone());
+    // No Nagle: a streamed body's last chunk would otherwise wait for the
+    // client's delayed ACK of the one before (~40 ms per download).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let stop = stop.clone();
         async move {

@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use hearth_runtime::{pb, Sandbox};
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResult};
+use super::connect::ConnectError;
 
 /// envd's `FileType` names.
 pub const FILE_TYPE_FILE: &str = "FILE_TYPE_FILE";
@@ -41,12 +41,11 @@ pub struct EntryInfo {
     pub is_symlink: bool,
 }
 
-/// uid → user name, gid → group name, user name → (uid, home).
+/// uid → user name, gid → group name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Accounts {
     pub users: HashMap<u32, String>,
     pub groups: HashMap<u32, String>,
-    pub homes: HashMap<String, String>,
 }
 
 impl Accounts {
@@ -60,7 +59,6 @@ impl Accounts {
             }
             if let Ok(uid) = f[2].parse::<u32>() {
                 a.users.entry(uid).or_insert_with(|| f[0].to_string());
-                a.homes.insert(f[0].to_string(), f[5].to_string());
             }
         }
         for line in group.lines() {
@@ -77,21 +75,17 @@ impl Accounts {
 
     /// The user's name, or the number when /etc/passwd has none.
     pub fn user(&self, uid: u32) -> String {
-        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
     }
 
     pub fn group(&self, gid: u32) -> String {
-        self.groups.get(&gid).cloned().unwrap_or_else(|| gid.to_string())
-    }
-
-    /// The home directory of `user` (`/root` for root, else `/home/<user>`
-    /// when /etc/passwd does not say).
-    pub fn home(&self, user: &str) -> String {
-        match self.homes.get(user) {
-            Some(h) if h.starts_with('/') => h.clone(),
-            _ if user == "root" => "/root".into(),
-            _ => format!("/home/{user}"),
-        }
+        self.groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string())
     }
 }
 
@@ -99,6 +93,31 @@ impl Accounts {
 const ACCOUNTS_TTL: Duration = Duration::from_secs(30);
 /// The most sandboxes whose accounts are cached.
 const ACCOUNTS_MAX: usize = 1024;
+
+/// The most bytes of /etc/passwd or /etc/group read (a guest can write
+/// anything there).
+const ACCOUNTS_FILE_MAX: u64 = 4 << 20;
+
+/// The text of a small guest file; empty (names fall back to numbers) when
+/// it is missing, unreadable or over [`ACCOUNTS_FILE_MAX`].
+async fn read_small(sbx: &Sandbox, path: &str) -> String {
+    match sbx.stat(path).await {
+        Ok(i) if i.size <= ACCOUNTS_FILE_MAX => {}
+        Ok(i) => {
+            tracing::warn!(
+                path,
+                size = i.size,
+                "guest account file too large; owners shown as numbers"
+            );
+            return String::new();
+        }
+        Err(_) => return String::new(),
+    }
+    sbx.read_file(path)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
 
 /// Per-sandbox [`Accounts`], read from the guest on first use.
 #[derive(Default)]
@@ -117,12 +136,8 @@ impl AccountsCache {
                 }
             }
         }
-        let text = |r: hearth_runtime::Result<bytes::Bytes>| {
-            r.map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
-        let passwd = text(sbx.read_file("/etc/passwd").await);
-        let group = text(sbx.read_file("/etc/group").await);
+        let passwd = read_small(sbx, "/etc/passwd").await;
+        let group = read_small(sbx, "/etc/group").await;
         let a = Arc::new(Accounts::parse(&passwd, &group));
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= ACCOUNTS_MAX {
@@ -204,9 +219,11 @@ pub fn entry_info(info: &pb::FileInfo, path: &str, accounts: &Accounts) -> Entry
 
 /// `path` made absolute against `home` and normalised (`.`, `..`, `//`,
 /// `~`); an empty path is the home itself. A path with a NUL is refused.
-pub fn resolve(path: &str, home: &str) -> ApiResult<String> {
+pub fn resolve(path: &str, home: &str) -> Result<String, ConnectError> {
     if path.contains('\0') {
-        return Err(ApiError::bad_request(format!("invalid path {path:?}: it contains a NUL byte")));
+        return Err(ConnectError::invalid_argument(format!(
+            "invalid path {path:?}: it contains a NUL byte"
+        )));
     }
     let joined = if path.starts_with('/') {
         path.to_string()
@@ -238,14 +255,6 @@ pub fn base_name(path: &str) -> String {
     }
 }
 
-/// Seconds since the epoch, now (for tests and ids).
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +263,10 @@ mod tests {
     fn permissions_like_go() {
         assert_eq!(permissions_string(pb::FileKind::File, 0o644), "-rw-r--r--");
         assert_eq!(permissions_string(pb::FileKind::Dir, 0o755), "drwxr-xr-x");
-        assert_eq!(permissions_string(pb::FileKind::Symlink, 0o777), "Lrwxrwxrwx");
+        assert_eq!(
+            permissions_string(pb::FileKind::Symlink, 0o777),
+            "Lrwxrwxrwx"
+        );
         assert_eq!(permissions_string(pb::FileKind::File, 0o4700), "-rwx------");
         assert_eq!(permissions_string(pb::FileKind::File, 0), "----------");
     }
@@ -284,9 +296,6 @@ mod tests {
         assert_eq!(a.user(4242), "4242");
         assert_eq!(a.group(50), "staff");
         assert_eq!(a.group(7), "7");
-        assert_eq!(a.home("user"), "/home/user");
-        assert_eq!(a.home("root"), "/root");
-        assert_eq!(a.home("nobody2"), "/home/nobody2");
     }
 
     #[test]
@@ -309,7 +318,10 @@ mod tests {
         assert_eq!(e.mode, 0o644);
         assert_eq!(e.permissions, "-rw-r--r--");
         assert_eq!((e.owner.as_str(), e.group.as_str()), ("user", "user"));
-        assert_eq!(e.modified_time.as_deref(), Some("2023-11-14T22:13:20.123000000Z"));
+        assert_eq!(
+            e.modified_time.as_deref(),
+            Some("2023-11-14T22:13:20.123000000Z")
+        );
         assert!(!e.is_symlink && e.symlink_target.is_none());
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(j["type"], "FILE_TYPE_FILE");

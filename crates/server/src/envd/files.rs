@@ -20,7 +20,8 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use tower_http::compression::CompressionLayer;
 
 use super::entry::base_name;
-use super::fs_rpc::{caller, Caller, SharedFs};
+use super::fs_rpc::{caller, to_api, Caller, SharedFs};
+use super::user::Users;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
@@ -47,30 +48,50 @@ pub struct WriteInfo {
 /// The `/files` route (both methods).
 pub fn route() -> MethodRouter<AppState> {
     let download = get(download).layer(CompressionLayer::new().gzip(true));
-    let upload = post(upload)
-        .layer(DefaultBodyLimit::disable());
+    let upload = post(upload).layer(DefaultBodyLimit::disable());
     download.merge(upload)
 }
 
+/// A runtime error of `c`'s sandbox as a `/files` answer (its handle is
+/// dropped when the sandbox is gone).
 fn gone(state: &AppState, c: &Caller, e: hearth_runtime::Error) -> ApiError {
     state.forget_if_gone(&c.id, &e);
     e.into()
 }
 
+async fn files_caller(
+    state: &AppState,
+    fs: &SharedFs,
+    users: &Users,
+    headers: &HeaderMap,
+    username: Option<&str>,
+) -> ApiResult<Caller> {
+    caller(state, fs, users, headers, username)
+        .await
+        .map_err(to_api)
+}
+
 async fn download(
     State(state): State<AppState>,
     Extension(fs): Extension<SharedFs>,
+    Extension(users): Extension<Users>,
     headers: HeaderMap,
     Query(q): Query<FilesQuery>,
 ) -> ApiResult<Response> {
-    let c = caller(&state, &fs, &headers, q.username.as_deref()).await?;
+    let c = files_caller(&state, &fs, &users, &headers, q.username.as_deref()).await?;
     let Some(path) = q.path.as_deref().filter(|p| !p.is_empty()) else {
         return Err(ApiError::bad_request("GET /files needs ?path=<file>"));
     };
-    let path = c.path(path)?;
-    let info = c.sandbox.stat(&path).await.map_err(|e| gone(&state, &c, e))?;
+    let path = c.path(path).map_err(to_api)?;
+    let info = c
+        .sandbox
+        .stat(&path)
+        .await
+        .map_err(|e| gone(&state, &c, e))?;
     if info.kind == pb::FileKind::Dir as i32 {
-        return Err(ApiError::bad_request(format!("{path} is a directory, not a file")));
+        return Err(ApiError::bad_request(format!(
+            "{path} is a directory, not a file"
+        )));
     }
     let (mut w, r) = tokio::io::duplex(DOWNLOAD_PIPE);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<String>>();
@@ -120,7 +141,11 @@ async fn write_one<R: tokio::io::AsyncRead + Unpin>(
     path: &str,
     r: &mut R,
 ) -> ApiResult<WriteInfo> {
-    let made = c.sandbox.make_parents(path).await.map_err(|e| gone(state, c, e))?;
+    let made = c
+        .sandbox
+        .make_parents(path)
+        .await
+        .map_err(|e| gone(state, c, e))?;
     c.sandbox
         .write_file(path, r, 0o644)
         .await
@@ -159,12 +184,13 @@ fn refuse_metadata(headers: &HeaderMap) -> ApiResult<()> {
 async fn upload(
     State(state): State<AppState>,
     Extension(fs): Extension<SharedFs>,
+    Extension(users): Extension<Users>,
     Query(q): Query<FilesQuery>,
     req: Request,
 ) -> ApiResult<Json<Vec<WriteInfo>>> {
     let headers = req.headers().clone();
     refuse_metadata(&headers)?;
-    let c = caller(&state, &fs, &headers, q.username.as_deref()).await?;
+    let c = files_caller(&state, &fs, &users, &headers, q.username.as_deref()).await?;
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -183,21 +209,22 @@ async fn upload(
             if field.name() != Some("file") {
                 continue;
             }
-            let dest = match (field.file_name(), q.path.as_deref()) {
-                (Some(f), _) if !f.is_empty() => f.to_string(),
-                (_, Some(p)) if !p.is_empty() => p.to_string(),
-                _ => {
-                    return Err(ApiError::bad_request(
+            let dest =
+                match (field.file_name(), q.path.as_deref()) {
+                    (Some(f), _) if !f.is_empty() => f.to_string(),
+                    (_, Some(p)) if !p.is_empty() => p.to_string(),
+                    _ => return Err(ApiError::bad_request(
                         "a multipart `file` part needs a filename (the destination path) or ?path=",
-                    ))
-                }
-            };
-            let path = c.path(&dest)?;
+                    )),
+                };
+            let path = c.path(&dest).map_err(to_api)?;
             let mut r = StreamReader::new(field.map_err(io::Error::other));
             out.push(write_one(&state, &c, &path, &mut r).await?);
         }
         if out.is_empty() {
-            return Err(ApiError::bad_request("the multipart body has no `file` part"));
+            return Err(ApiError::bad_request(
+                "the multipart body has no `file` part",
+            ));
         }
         Ok(Json(out))
     } else {
@@ -206,7 +233,7 @@ async fn upload(
                 "POST /files with a raw body needs ?path=<destination>",
             ));
         };
-        let path = c.path(dest)?;
+        let path = c.path(dest).map_err(to_api)?;
         let encoding = headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())

@@ -4,20 +4,20 @@
 //! what is made for a user belongs to that user.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use hearth_runtime::pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::connect::{read_unary, Code, ConnectError, Unary};
 use super::entry::{entry_info, EntryInfo};
-use super::fs_rpc::{caller, decode, Caller, FsState, RpcError, SharedFs};
+use super::fs_rpc::{caller, Caller, FsState, SharedFs};
+use super::user::Users;
 use super::watch::WatchSpec;
 use crate::app::AppState;
 
@@ -36,14 +36,20 @@ pub fn router() -> Router<AppState> {
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
         .route("/filesystem.Filesystem/Move", post(move_))
         .route("/filesystem.Filesystem/Remove", post(remove))
-        .route("/filesystem.Filesystem/WatchDir", post(super::watch_dir::watch_dir))
+        .route(
+            "/filesystem.Filesystem/WatchDir",
+            post(super::watch_dir::watch_dir),
+        )
         .route("/filesystem.Filesystem/CreateWatcher", post(create_watcher))
-        .route("/filesystem.Filesystem/GetWatcherEvents", post(get_watcher_events))
+        .route(
+            "/filesystem.Filesystem/GetWatcherEvents",
+            post(get_watcher_events),
+        )
         .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
         .layer(Extension(fs))
 }
 
-type Rpc = Result<Json<Value>, RpcError>;
+type Rpc = Result<Unary<Value>, ConnectError>;
 
 #[derive(Deserialize)]
 struct PathReq {
@@ -86,55 +92,72 @@ struct WatcherReq {
     watcher_id: String,
 }
 
-fn gone(state: &AppState, c: &Caller, e: hearth_runtime::Error) -> RpcError {
-    state.forget_if_gone(&c.id, &e);
-    e.into()
-}
-
-async fn entry(state: &AppState, c: &Caller, path: &str) -> Result<EntryInfo, RpcError> {
-    let info = c.sandbox.stat(path).await.map_err(|e| gone(state, c, e))?;
+async fn entry(state: &AppState, c: &Caller, path: &str) -> Result<EntryInfo, ConnectError> {
+    let info = c.sandbox.stat(path).await.map_err(|e| c.err(state, e))?;
     Ok(entry_info(&info, path, &c.accounts))
 }
 
-fn non_empty(path: &str, what: &str) -> Result<(), RpcError> {
+fn non_empty(path: &str, what: &str) -> Result<(), ConnectError> {
     if path.is_empty() {
-        return Err(RpcError::new("invalid_argument", format!("{what} is empty")));
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            format!("{what} is empty"),
+        ));
     }
     Ok(())
 }
 
-async fn stat(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: PathReq = decode(&body)?;
-    let c = caller(&s, &fs, &h, None).await?;
+async fn stat(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    Extension(u): Extension<Users>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: PathReq = read_unary(&h, body).await?;
+    let c = caller(&s, &fs, &u, &h, None).await?;
     let path = c.path(&req.path)?;
-    Ok(Json(json!({"entry": entry(&s, &c, &path).await?})))
+    Ok(Unary(json!({"entry": entry(&s, &c, &path).await?})))
 }
 
-async fn list_dir(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: ListDirReq = decode(&body)?;
-    let c = caller(&s, &fs, &h, None).await?;
+async fn list_dir(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    Extension(u): Extension<Users>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: ListDirReq = read_unary(&h, body).await?;
+    let c = caller(&s, &fs, &u, &h, None).await?;
     let root = c.path(&req.path)?;
     let depth = req.depth.clamp(1, MAX_LIST_DEPTH);
     let top = entry(&s, &c, &root).await?;
     if top.file_type != super::entry::FILE_TYPE_DIRECTORY {
-        return Err(RpcError::new("invalid_argument", format!("path {root} is not a directory")));
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            format!("path {root} is not a directory"),
+        ));
     }
     // Depth first, each directory's entries sorted by name then its
     // subdirectories' (as envd's walk).
     let mut out = Vec::new();
     let mut stack = vec![(root, 1u32)];
     while let Some((dir, level)) = stack.pop() {
-        let entries = c.sandbox.list_dir(&dir).await.map_err(|e| gone(&s, &c, e))?;
+        let entries = c.sandbox.list_dir(&dir).await.map_err(|e| c.err(&s, e))?;
         let mut subdirs = Vec::new();
         for info in &entries {
-            let path = if dir == "/" { format!("/{}", info.name) } else { format!("{dir}/{}", info.name) };
+            let path = if dir == "/" {
+                format!("/{}", info.name)
+            } else {
+                format!("{dir}/{}", info.name)
+            };
             if info.kind == pb::FileKind::Dir as i32 && level < depth {
                 subdirs.push(path.clone());
             }
             out.push(entry_info(info, &path, &c.accounts));
             if out.len() > MAX_LIST_ENTRIES {
-                return Err(RpcError::new(
-                    "resource_exhausted",
+                return Err(ConnectError::new(
+                    Code::ResourceExhausted,
                     format!("more than {MAX_LIST_ENTRIES} entries under {dir}: list with a smaller depth"),
                 ));
             }
@@ -143,68 +166,115 @@ async fn list_dir(State(s): State<AppState>, Extension(fs): Extension<SharedFs>,
             stack.push((d, level + 1));
         }
     }
-    Ok(Json(json!({"entries": out})))
+    Ok(Unary(json!({"entries": out})))
 }
 
-async fn make_dir(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: PathReq = decode(&body)?;
+async fn make_dir(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    Extension(u): Extension<Users>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: PathReq = read_unary(&h, body).await?;
     non_empty(&req.path, "path")?;
-    let c = caller(&s, &fs, &h, None).await?;
+    let c = caller(&s, &fs, &u, &h, None).await?;
     let path = c.path(&req.path)?;
     match c.sandbox.stat(&path).await {
         Ok(i) if i.kind == pb::FileKind::Dir as i32 => {
-            return Err(RpcError::new("already_exists", format!("directory {path} already exists")))
+            return Err(ConnectError::new(
+                Code::AlreadyExists,
+                format!("directory {path} already exists"),
+            ))
         }
         Ok(_) => {
-            return Err(RpcError::new(
-                "invalid_argument",
+            return Err(ConnectError::new(
+                Code::InvalidArgument,
                 format!("path {path} already exists and is not a directory"),
             ))
         }
         Err(e) if e.remote_code() == Some(pb::ErrorCode::NotFound) => {}
-        Err(e) => return Err(gone(&s, &c, e)),
+        Err(e) => return Err(c.err(&s, e)),
     }
-    let mut made = c.sandbox.make_parents(&path).await.map_err(|e| gone(&s, &c, e))?;
+    let mut made = c
+        .sandbox
+        .make_parents(&path)
+        .await
+        .map_err(|e| c.err(&s, e))?;
     match c.sandbox.mkdir(&path, 0o755, false).await {
         Ok(()) => {}
         Err(e) if e.remote_code() == Some(pb::ErrorCode::AlreadyExists) => {
-            return Err(RpcError::new("already_exists", format!("directory {path} already exists")))
+            return Err(ConnectError::new(
+                Code::AlreadyExists,
+                format!("directory {path} already exists"),
+            ))
         }
-        Err(e) => return Err(gone(&s, &c, e)),
+        Err(e) => return Err(c.err(&s, e)),
     }
     made.push(path.clone());
     if c.owns_files() {
-        c.sandbox.chown(&made, &c.user).await.map_err(|e| gone(&s, &c, e))?;
+        c.sandbox
+            .chown(&made, &c.user)
+            .await
+            .map_err(|e| c.err(&s, e))?;
     }
-    Ok(Json(json!({"entry": entry(&s, &c, &path).await?})))
+    Ok(Unary(json!({"entry": entry(&s, &c, &path).await?})))
 }
 
-async fn move_(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: MoveReq = decode(&body)?;
+async fn move_(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    Extension(u): Extension<Users>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: MoveReq = read_unary(&h, body).await?;
     non_empty(&req.source, "source")?;
     non_empty(&req.destination, "destination")?;
-    let c = caller(&s, &fs, &h, None).await?;
+    let c = caller(&s, &fs, &u, &h, None).await?;
     let (from, to) = (c.path(&req.source)?, c.path(&req.destination)?);
     // A missing source is NOT_FOUND before any parent is made.
-    c.sandbox.stat(&from).await.map_err(|e| gone(&s, &c, e))?;
-    let made = c.sandbox.make_parents(&to).await.map_err(|e| gone(&s, &c, e))?;
+    c.sandbox.stat(&from).await.map_err(|e| c.err(&s, e))?;
+    let made = c
+        .sandbox
+        .make_parents(&to)
+        .await
+        .map_err(|e| c.err(&s, e))?;
     if c.owns_files() && !made.is_empty() {
-        c.sandbox.chown(&made, &c.user).await.map_err(|e| gone(&s, &c, e))?;
+        c.sandbox
+            .chown(&made, &c.user)
+            .await
+            .map_err(|e| c.err(&s, e))?;
     }
-    c.sandbox.rename(&from, &to).await.map_err(|e| gone(&s, &c, e))?;
-    Ok(Json(json!({"entry": entry(&s, &c, &to).await?})))
+    c.sandbox
+        .rename(&from, &to)
+        .await
+        .map_err(|e| c.err(&s, e))?;
+    Ok(Unary(json!({"entry": entry(&s, &c, &to).await?})))
 }
 
-async fn remove(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: PathReq = decode(&body)?;
+async fn remove(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    Extension(u): Extension<Users>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: PathReq = read_unary(&h, body).await?;
     non_empty(&req.path, "path")?;
-    let c = caller(&s, &fs, &h, None).await?;
+    let c = caller(&s, &fs, &u, &h, None).await?;
     let path = c.path(&req.path)?;
     if path == "/" {
-        return Err(RpcError::new("invalid_argument", "refusing to remove /"));
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            "refusing to remove /",
+        ));
     }
-    c.sandbox.remove(&path, true).await.map_err(|e| gone(&s, &c, e))?;
-    Ok(Json(json!({})))
+    c.sandbox
+        .remove(&path, true)
+        .await
+        .map_err(|e| c.err(&s, e))?;
+    Ok(Unary(json!({})))
 }
 
 /// Opens a watch of a directory for `c` (NOT_FOUND, or INVALID_ARGUMENT
@@ -213,13 +283,20 @@ pub(super) async fn open_watch(
     s: &AppState,
     c: &Caller,
     req: &WatchReq,
-) -> Result<(hearth_runtime::Watch, WatchSpec), RpcError> {
+) -> Result<(hearth_runtime::Watch, WatchSpec), ConnectError> {
     let root = c.path(&req.path)?;
     let top = entry(s, c, &root).await?;
     if top.file_type != super::entry::FILE_TYPE_DIRECTORY {
-        return Err(RpcError::new("invalid_argument", format!("path {root} is not a directory")));
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            format!("path {root} is not a directory"),
+        ));
     }
-    let watch = c.sandbox.watch(&root, req.recursive).await.map_err(|e| gone(s, c, e))?;
+    let watch = c
+        .sandbox
+        .watch(&root, req.recursive)
+        .await
+        .map_err(|e| c.err(&s, e))?;
     let spec = WatchSpec {
         root,
         include_entry: req.include_entry,
@@ -228,59 +305,48 @@ pub(super) async fn open_watch(
     Ok((watch, spec))
 }
 
-async fn create_watcher(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: WatchReq = decode(&body)?;
-    let c = caller(&s, &fs, &h, None).await?;
+async fn create_watcher(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    Extension(u): Extension<Users>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: WatchReq = read_unary(&h, body).await?;
+    let c = caller(&s, &fs, &u, &h, None).await?;
     let (watch, spec) = open_watch(&s, &c, &req).await?;
-    let id = fs.watchers.create(&fs, Arc::clone(&c.sandbox), watch, spec)?;
-    Ok(Json(json!({"watcherId": id})))
-}
-
-fn sandbox_header(h: &HeaderMap) -> &str {
-    h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()).unwrap_or("")
+    let id = fs
+        .watchers
+        .create(&fs, Arc::clone(&c.sandbox), watch, spec)?;
+    Ok(Unary(json!({"watcherId": id})))
 }
 
 /// The sandbox id a watcher was made under: the request's key resolved
 /// (the header may carry a name).
-async fn sandbox_key(s: &AppState, h: &HeaderMap) -> Result<String, RpcError> {
-    Ok(s.sandbox(sandbox_header(h)).await?.id().to_string())
+async fn sandbox_key(s: &AppState, h: &HeaderMap) -> Result<String, ConnectError> {
+    Ok(super::sandbox(s, h).await?.id().to_string())
 }
 
-async fn get_watcher_events(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: WatcherReq = decode(&body)?;
+async fn get_watcher_events(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: WatcherReq = read_unary(&h, body).await?;
     let id = sandbox_key(&s, &h).await?;
     let events = fs.watchers.poll(&id, &req.watcher_id)?;
-    Ok(Json(json!({"events": events})))
+    Ok(Unary(json!({"events": events})))
 }
 
-async fn remove_watcher(State(s): State<AppState>, Extension(fs): Extension<SharedFs>, h: HeaderMap, body: Bytes) -> Rpc {
-    let req: WatcherReq = decode(&body)?;
+async fn remove_watcher(
+    State(s): State<AppState>,
+    Extension(fs): Extension<SharedFs>,
+    h: HeaderMap,
+    body: Body,
+) -> Rpc {
+    let req: WatcherReq = read_unary(&h, body).await?;
     let id = sandbox_key(&s, &h).await?;
     fs.watchers.remove(&id, &req.watcher_id)?;
-    Ok(Json(json!({})))
-}
-
-/// A Connect streaming answer: `application/connect+json` envelopes.
-pub(super) fn stream_response(body: Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/connect+json")], body).into_response()
-}
-
-/// The keepalive interval a stream request asks for
-/// (`Keepalive-Ping-Interval`, seconds; default 50, within 1..=300).
-pub(super) fn keepalive_interval(h: &HeaderMap) -> Duration {
-    let secs = h
-        .get("keepalive-ping-interval")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(50);
-    Duration::from_secs(secs.clamp(1, 300))
-}
-
-/// `Connect-Timeout-Ms`, if sent.
-pub(super) fn connect_timeout(h: &HeaderMap) -> Option<Duration> {
-    h.get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
+    Ok(Unary(json!({})))
 }

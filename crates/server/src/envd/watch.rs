@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use hearth_runtime::{Sandbox, WatchEvent, WatchEventKind};
 use serde::Serialize;
 
+use super::connect::{Code, ConnectError};
 use super::entry::{entry_info, Accounts, EntryInfo};
-use super::fs_rpc::{FsState, RpcError};
+use super::fs_rpc::FsState;
 
 /// The most polling watchers the server keeps.
 pub const MAX_WATCHERS: usize = 1024;
@@ -68,7 +69,10 @@ pub fn translate(ev: &WatchEvent) -> Vec<(String, &'static str)> {
     let p = ev.path.clone();
     let is_temp = |p: &Option<String>| p.as_deref().and_then(temp_target).is_some();
     match ev.kind {
-        WatchEventKind::Create | WatchEventKind::Write | WatchEventKind::Remove | WatchEventKind::Attrib
+        WatchEventKind::Create
+        | WatchEventKind::Write
+        | WatchEventKind::Remove
+        | WatchEventKind::Attrib
             if is_temp(&p) =>
         {
             vec![]
@@ -168,7 +172,10 @@ impl Watchers {
     pub fn sweep(&self) {
         let mut map = lock(&self.map);
         map.retain(|_, w| {
-            let ended = lock(&w.queue).ended.as_ref().map(|(at, _)| at.elapsed() > ENDED_GRACE);
+            let ended = lock(&w.queue)
+                .ended
+                .as_ref()
+                .map(|(at, _)| at.elapsed() > ENDED_GRACE);
             w.last_poll.elapsed() < IDLE && ended != Some(true)
         });
     }
@@ -195,18 +202,22 @@ impl Watchers {
         sbx: Arc<Sandbox>,
         mut watch: hearth_runtime::Watch,
         spec: WatchSpec,
-    ) -> Result<String, RpcError> {
+    ) -> Result<String, ConnectError> {
         self.start_sweeper(Arc::downgrade(fs));
         self.sweep();
         if lock(&self.map).len() >= MAX_WATCHERS {
-            return Err(RpcError::new(
-                "resource_exhausted",
-                format!("too many watchers (at most {MAX_WATCHERS}): remove some with RemoveWatcher"),
+            return Err(ConnectError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "too many watchers (at most {MAX_WATCHERS}): remove some with RemoveWatcher"
+                ),
             ));
         }
         let id = crate::auth::random_hex()
             .map(|h| h[..24].to_string())
-            .map_err(|e| RpcError::new("internal", format!("cannot make a watcher id: {e}")))?;
+            .map_err(|e| {
+                ConnectError::new(Code::Internal, format!("cannot make a watcher id: {e}"))
+            })?;
         let sandbox = sbx.id().to_string();
         let queue = Arc::new(Mutex::new(Queue::default()));
         let q = Arc::clone(&queue);
@@ -244,15 +255,22 @@ impl Watchers {
 
     /// The events since the last poll. A watcher whose watch ended answers
     /// its last events, then an error saying why (and is gone).
-    pub fn poll(&self, sandbox: &str, id: &str) -> Result<Vec<FsEvent>, RpcError> {
+    pub fn poll(&self, sandbox: &str, id: &str) -> Result<Vec<FsEvent>, ConnectError> {
         let mut map = lock(&self.map);
         let Some(w) = map.get_mut(id).filter(|w| w.sandbox == sandbox) else {
-            return Err(RpcError::new("not_found", format!("watcher {id} not found")));
+            return Err(ConnectError::new(
+                Code::NotFound,
+                format!("watcher {id} not found"),
+            ));
         };
         w.last_poll = Instant::now();
         let mut q = lock(&w.queue);
         if q.dropped > 0 {
-            tracing::warn!(watcher = id, dropped = q.dropped, "watcher queue overflowed between polls");
+            tracing::warn!(
+                watcher = id,
+                dropped = q.dropped,
+                "watcher queue overflowed between polls"
+            );
             q.dropped = 0;
         }
         let events: Vec<FsEvent> = q.events.drain(..).collect();
@@ -261,22 +279,30 @@ impl Watchers {
                 drop(q);
                 map.remove(id);
                 return Err(match end {
-                    Ok(why) => RpcError::new("failed_precondition", format!("watcher {id} ended: {why}")),
-                    Err(e) => RpcError::new("unavailable", format!("watcher {id} ended: {e}")),
+                    Ok(why) => ConnectError::new(
+                        Code::FailedPrecondition,
+                        format!("watcher {id} ended: {why}"),
+                    ),
+                    Err(e) => {
+                        ConnectError::new(Code::Unavailable, format!("watcher {id} ended: {e}"))
+                    }
                 });
             }
         }
         Ok(events)
     }
 
-    pub fn remove(&self, sandbox: &str, id: &str) -> Result<(), RpcError> {
+    pub fn remove(&self, sandbox: &str, id: &str) -> Result<(), ConnectError> {
         let mut map = lock(&self.map);
         match map.get(id) {
             Some(w) if w.sandbox == sandbox => {
                 map.remove(id);
                 Ok(())
             }
-            _ => Err(RpcError::new("not_found", format!("watcher {id} not found"))),
+            _ => Err(ConnectError::new(
+                Code::NotFound,
+                format!("watcher {id} not found"),
+            )),
         }
     }
 
@@ -320,22 +346,40 @@ mod tests {
         assert!(translate(&ev(K::Write, Some(tmp), None)).is_empty());
         assert_eq!(
             translate(&ev(K::Rename, Some(tmp), Some("/d/f.txt"))),
-            vec![("/d/f.txt".into(), EVENT_CREATE), ("/d/f.txt".into(), EVENT_WRITE)]
+            vec![
+                ("/d/f.txt".into(), EVENT_CREATE),
+                ("/d/f.txt".into(), EVENT_WRITE)
+            ]
         );
     }
 
     #[test]
     fn plain_events_map_one_to_one() {
         use WatchEventKind as K;
-        assert_eq!(translate(&ev(K::Create, Some("/d/a"), None)), vec![("/d/a".into(), EVENT_CREATE)]);
-        assert_eq!(translate(&ev(K::Write, Some("/d/a"), None)), vec![("/d/a".into(), EVENT_WRITE)]);
-        assert_eq!(translate(&ev(K::Remove, Some("/d/a"), None)), vec![("/d/a".into(), EVENT_REMOVE)]);
-        assert_eq!(translate(&ev(K::Attrib, Some("/d/a"), None)), vec![("/d/a".into(), EVENT_CHMOD)]);
+        assert_eq!(
+            translate(&ev(K::Create, Some("/d/a"), None)),
+            vec![("/d/a".into(), EVENT_CREATE)]
+        );
+        assert_eq!(
+            translate(&ev(K::Write, Some("/d/a"), None)),
+            vec![("/d/a".into(), EVENT_WRITE)]
+        );
+        assert_eq!(
+            translate(&ev(K::Remove, Some("/d/a"), None)),
+            vec![("/d/a".into(), EVENT_REMOVE)]
+        );
+        assert_eq!(
+            translate(&ev(K::Attrib, Some("/d/a"), None)),
+            vec![("/d/a".into(), EVENT_CHMOD)]
+        );
         assert_eq!(
             translate(&ev(K::Rename, Some("/d/a"), Some("/d/b"))),
             vec![("/d/a".into(), EVENT_RENAME), ("/d/b".into(), EVENT_CREATE)]
         );
-        assert_eq!(translate(&ev(K::Rename, None, Some("/d/b"))), vec![("/d/b".into(), EVENT_CREATE)]);
+        assert_eq!(
+            translate(&ev(K::Rename, None, Some("/d/b"))),
+            vec![("/d/b".into(), EVENT_CREATE)]
+        );
         assert!(translate(&ev(K::Overflow, None, None)).is_empty());
         let j = serde_json::to_value(FsEvent {
             name: "a".into(),
@@ -343,6 +387,9 @@ mod tests {
             entry: None,
         })
         .unwrap();
-        assert_eq!(j, serde_json::json!({"name": "a", "type": "EVENT_TYPE_WRITE"}));
+        assert_eq!(
+            j,
+            serde_json::json!({"name": "a", "type": "EVENT_TYPE_WRITE"})
+        );
     }
 }
