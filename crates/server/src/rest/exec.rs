@@ -292,7 +292,7 @@ fn push_capped(buf: &mut Vec<u8>, b: &[u8], truncated: &mut bool) {
     buf.extend_from_slice(&b[..b.len().min(room)]);
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "exec",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", operation_id = "exec", tag = "exec",
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = ExecRequest,
     responses(
@@ -413,7 +413,7 @@ async fn pump(
     }
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec/stream", tag = "exec",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec/stream", operation_id = "exec_stream", tag = "exec",
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = ExecRequest,
     responses(
@@ -453,7 +453,7 @@ pub struct StdinQuery {
     pub eof: bool,
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/execs/{exec_id}/stdin", tag = "exec",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/execs/{exec_id}/stdin", operation_id = "exec_stdin", tag = "exec",
     params(
         ("id" = String, Path, description = "Sandbox id or name"),
         ("exec_id" = String, Path, description = "From the `started` event"),
@@ -490,7 +490,7 @@ pub async fn stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/ws", tag = "exec",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/ws", operation_id = "exec_ws", tag = "exec",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses(
         (status = 101, description = "WebSocket: the first client text message is an ExecRequest; binary messages are stdin; text `{\"eof\":true}` closes stdin; the server sends ExecEvent JSON text messages"),

@@ -134,7 +134,7 @@ where
     }
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", tag = "files",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", operation_id = "download_file", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name"), PathQuery),
     responses(
         (status = 200, description = "The file's bytes, streamed", content_type = "application/octet-stream", body = Vec<u8>),
@@ -186,7 +186,7 @@ pub async fn download(
         .into_response())
 }
 
-#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", tag = "files",
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", operation_id = "upload_file", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes (streamed into the guest)"),
     responses(
@@ -213,7 +213,7 @@ pub async fn upload(
     Ok((StatusCode::CREATED, axum::Json(Written { path, bytes })))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", tag = "files",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", operation_id = "list_files", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name"), PathQuery),
     responses(
         (status = 200, description = "The entries, sorted by name", body = [FileView]),
@@ -234,7 +234,7 @@ pub async fn list(
     Ok(axum::Json(v.iter().map(FileView::from).collect()))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", tag = "files",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", operation_id = "stat_file", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name"), PathQuery),
     responses(
         (status = 200, description = "The file's metadata (a symlink itself, not its target)", body = FileView),
@@ -255,7 +255,7 @@ pub async fn stat(
     Ok(axum::Json(FileView::from(&f)))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", tag = "files",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", operation_id = "make_dir", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = MkdirRequest,
     responses(
@@ -281,7 +281,7 @@ pub async fn mkdir(
     Ok(StatusCode::CREATED)
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", tag = "files",
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", operation_id = "remove_file", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name"), RemoveQuery),
     responses(
         (status = 204, description = "Removed"),
@@ -305,7 +305,7 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/rename", tag = "files",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/rename", operation_id = "rename_file", tag = "files",
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = RenameRequest,
     responses(

@@ -72,7 +72,7 @@ fn view(lines: Vec<LogLine>, stamps: bool) -> Vec<LogLineView> {
         .collect()
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", tag = "sandboxes",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", operation_id = "sandbox_logs", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name"), LogsQuery),
     responses(
         (status = 200, description = "The log lines; with follow=true an SSE stream of `lines` events (LogLines) instead", 

@@ -97,7 +97,7 @@ pub struct Started {
     pub tag: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", operation_id = "list_processes", tag = "processes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses(
         (status = 200, description = "The background processes", body = [ProcessView]),
@@ -115,7 +115,7 @@ pub async fn list(
     Ok(axum::Json(v.iter().map(ProcessView::from).collect()))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes", tag = "processes",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes", operation_id = "start_process", tag = "processes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = StartProcessRequest,
     responses(
@@ -219,7 +219,7 @@ fn target(s: &str) -> ApiResult<ProcessRef> {
     Ok(ProcessRef::parse(s))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes/{pid_or_tag}/attach", tag = "processes",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes/{pid_or_tag}/attach", operation_id = "attach_process", tag = "processes",
     params(
         ("id" = String, Path, description = "Sandbox id or name"),
         ("pid_or_tag" = String, Path, description = "A pid or a tag"),
@@ -335,7 +335,7 @@ fn signal_number(s: &Signal) -> ApiResult<i32> {
     }
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid_or_tag}/kill", tag = "processes",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid_or_tag}/kill", operation_id = "kill_process", tag = "processes",
     params(
         ("id" = String, Path, description = "Sandbox id or name"),
         ("pid_or_tag" = String, Path, description = "A pid or a tag"),

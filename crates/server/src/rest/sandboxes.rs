@@ -198,7 +198,7 @@ fn spawn_create(
     })
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
+#[utoipa::path(post, path = "/v1/sandboxes", operation_id = "create_sandbox", tag = "sandboxes",
     request_body = CreateRequest,
     responses(
         (status = 201, description = "Created. With `Accept: text/event-stream` the answer is instead an SSE stream of `progress` events (ProgressEvent), then one `created` (SandboxView) or `error` (ErrorBody) event.", body = SandboxView),
@@ -279,7 +279,7 @@ pub struct ListQuery {
     pub metadata: Option<Vec<String>>,
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListQuery),
+#[utoipa::path(get, path = "/v1/sandboxes", operation_id = "list_sandboxes", tag = "sandboxes", params(ListQuery),
     responses(
         (status = 200, description = "The sandboxes", body = [SandboxView]),
         (status = 400, description = "Bad filter", body = ErrorBody),
@@ -323,7 +323,7 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", operation_id = "get_sandbox", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses(
         (status = 200, description = "The sandbox", body = SandboxView),
@@ -348,7 +348,7 @@ pub struct DeleteQuery {
     pub keep_persist: bool,
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", operation_id = "delete_sandbox", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name"), DeleteQuery),
     responses(
         (status = 204, description = "Removed"),
@@ -380,7 +380,7 @@ pub struct TimeoutRequest {
     pub timeout_secs: u64,
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/timeout", tag = "sandboxes",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/timeout", operation_id = "set_sandbox_timeout", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = TimeoutRequest,
     responses(
@@ -412,7 +412,7 @@ pub async fn timeout(
     Ok(axum::Json(SandboxView::new(&state, &rec)))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", tag = "sandboxes",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", operation_id = "stop_sandbox", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses(
         (status = 200, description = "The stopped sandbox", body = SandboxView),
@@ -434,7 +434,7 @@ pub async fn stop(
     Ok(axum::Json(SandboxView::new(&state, &rec)))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/start", tag = "sandboxes",
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/start", operation_id = "start_sandbox", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses(
         (status = 200, description = "The running sandbox", body = SandboxView),

@@ -119,7 +119,7 @@ impl From<hearth_runtime::Stats> for StatsView {
     }
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/stats", tag = "sandboxes",
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/stats", operation_id = "sandbox_stats", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id or name")),
     responses(
         (status = 200, description = "One sample", body = StatsView),
