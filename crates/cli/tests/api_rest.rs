@@ -208,7 +208,7 @@ fn sandbox_exec_files_processes_logs() {
     srv.json("POST", &p("/files/rename"), Some(&json!({"from": "/tmp/big.bin", "to": "/tmp/d/e/moved.bin"})), 204);
     let l = srv.json("GET", &p("/files/list?path=/tmp/d/e"), None, 200);
     assert_eq!(l.as_array().unwrap().iter().map(|f| f["name"].clone()).collect::<Vec<_>>(), vec![json!("moved.bin")]);
-    srv.error("DELETE", &p("/files?path=/tmp/d"), None, 400);
+    srv.error("DELETE", &p("/files?path=/tmp/d"), None, 409);
     srv.json("DELETE", &p("/files?path=/tmp/d&recursive=true"), None, 204);
     srv.error("GET", &p("/files/stat?path=/tmp/d"), None, 404);
     srv.error("GET", &p("/files?path=/tmp/nothing"), None, 404);

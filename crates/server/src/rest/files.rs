@@ -129,7 +129,7 @@ where
         Ok(v) => Ok(v),
         Err(e) => {
             state.forget_if_gone(s.id(), &e);
-            Err(e.into())
+            Err(super::model::fs_error(e))
         }
     }
 }
@@ -285,11 +285,11 @@ pub async fn mkdir(
     params(("id" = String, Path, description = "Sandbox id or name"), RemoveQuery),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "Bad path, or a non-empty directory without recursive", body = ErrorBody),
+        (status = 400, description = "Bad path", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 403, description = "Permission denied", body = ErrorBody),
         (status = 404, description = "No such sandbox or file", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "A non-empty directory without recursive, or the sandbox is not running", body = ErrorBody),
         (status = 502, description = "The sandbox or its agent failed", body = ErrorBody),
     ))]
 pub async fn remove(

@@ -125,3 +125,29 @@ pub fn guest_path(field: &str, p: &str) -> Result<String, ApiError> {
     }
     Ok(p.to_string())
 }
+
+/// [`ApiError::from`] for file operations: an agent `Io` failure whose errno
+/// says the request itself was wrong (a non-empty directory, a file where a
+/// directory is needed, ...) is the caller's error, not a gateway failure.
+pub fn fs_error(e: hearth_runtime::Error) -> ApiError {
+    use axum::http::StatusCode;
+    let errno = match &e {
+        hearth_runtime::Error::Agent { source, .. } => source.remote_errno(),
+        _ => None,
+    };
+    let mut api = ApiError::from(e);
+    if api.status != StatusCode::BAD_GATEWAY {
+        return api;
+    }
+    let (status, kind) = match errno {
+        Some(17 | 39) => (StatusCode::CONFLICT, "conflict"),
+        Some(2) => (StatusCode::NOT_FOUND, "not_found"),
+        Some(1 | 13 | 30) => (StatusCode::FORBIDDEN, "permission_denied"),
+        Some(16 | 18 | 20 | 21 | 22 | 26 | 36 | 40) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        Some(28) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+        _ => return api,
+    };
+    api.status = status;
+    api.kind = kind;
+    api
+}
