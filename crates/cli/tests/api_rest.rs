@@ -66,7 +66,7 @@ fn auth_and_openapi() {
     let v = srv.error("POST", "/v1/sandboxes", Some(&json!({"mem_mib": 1})), 400);
     assert!(v["message"].as_str().unwrap().contains("memory"), "{v}");
     srv.error("GET", "/v1/sandboxes?status=bogus", None, 400);
-    srv.error("GET", "/v1/sandboxes?metadata=nocolon", None, 400);
+    assert_eq!(srv.json("GET", "/v1/sandboxes?metadata=nocolon", None, 200), json!([]));
     srv.error("POST", "/v1/sandboxes/nope/exec", Some(&json!({"cmd": "true"})), 404);
     let (st, b) = curl(
         &["-H".into(), srv.auth(), "--data-binary".into(), "{\"cmd\":\"x\"}".into()],
@@ -144,7 +144,9 @@ fn sandbox_exec_files_processes_logs() {
     assert_eq!((v["kind"].clone(), v["exit_code"].clone()), (json!("timed_out"), json!(124)), "{v}");
     let v = exec(&srv, &id, json!({"argv": ["/no/such/program"]}));
     assert_eq!((v["kind"].clone(), v["exit_code"].clone()), (json!("never_started"), json!(127)), "{v}");
-    srv.error("POST", &p("/exec"), Some(&json!({"cmd": "true", "argv": ["true"]})), 400);
+    assert_eq!(exec(&srv, &id, json!({"cmd": "echo $0 $1", "argv": ["zero", "one"]}))["stdout"], "zero one\n");
+    srv.error("POST", &p("/exec"), Some(&json!({"argv": [""]})), 400);
+    srv.error("POST", &p("/exec"), Some(&json!({"env": {}})), 400);
     srv.error("POST", &p("/exec"), Some(&json!({"cmd": "true", "cwd": "tmp"})), 400);
     srv.error("POST", &p("/exec"), Some(&json!({"cmd": "true", "timeout_secs": 0})), 400);
 
@@ -213,7 +215,9 @@ fn sandbox_exec_files_processes_logs() {
     srv.error("GET", &p("/files/stat?path=/tmp/d"), None, 404);
     srv.error("GET", &p("/files?path=/tmp/nothing"), None, 404);
     srv.error("GET", &p("/files?path=relative"), None, 400);
-    srv.error("GET", &p("/files?path=/tmp"), None, 400);
+    srv.error("GET", &p("/files?path=/tmp"), None, 409);
+    srv.error("DELETE", &p("/files?path=/&recursive=true"), None, 400);
+    srv.error("DELETE", &p("/files?path=/tmp/..&recursive=true"), None, 400);
     srv.error("GET", &p("/files/list"), None, 400);
 
     // Background processes.

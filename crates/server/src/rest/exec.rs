@@ -35,9 +35,9 @@ pub const COLLECT_LIMIT: usize = 16 << 20;
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
-    /// Program and arguments (no shell). Give this or `cmd`.
+    /// Program and arguments (no shell); with `cmd`, the shell's $0, $1, ...
     pub argv: Option<Vec<String>>,
-    /// A shell command line, run as `/bin/sh -c CMD`. Give this or `argv`.
+    /// A shell command line, run as `/bin/sh -c CMD [argv...]`.
     pub cmd: Option<String>,
     /// Added to the sandbox's environment.
     pub env: Option<BTreeMap<String, String>>,
@@ -47,25 +47,35 @@ pub struct ExecRequest {
     pub user: Option<String>,
     /// Stdin as text.
     pub stdin: Option<String>,
-    /// Stdin as base64 (instead of `stdin`).
+    /// Stdin as base64 (after `stdin` when both are given).
     pub stdin_base64: Option<String>,
     /// Streaming only: keep stdin open for `/execs/{exec_id}/stdin` (or
-    /// WebSocket binary messages) after the initial `stdin`.
+    /// WebSocket binary messages) after the initial `stdin`; the collected
+    /// exec ignores it.
     pub stdin_open: Option<bool>,
     /// Kill the command's process group after this many seconds (kind `timed_out`).
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub timeout_secs: Option<u64>,
 }
 
 impl ExecRequest {
     pub fn to_spec(&self, streaming: bool) -> ApiResult<ExecSpec> {
-        let mut spec = match (&self.argv, &self.cmd) {
-            (Some(a), None) if !a.is_empty() && !a[0].is_empty() => ExecSpec::argv(a.clone()),
-            (Some(_), None) => {
-                return Err(ApiError::bad_request("argv: needs a program (a non-empty first element)"))
+        if let Some(a) = &self.argv {
+            if a.first().is_none_or(|p| p.is_empty()) {
+                return Err(ApiError::bad_request(
+                    "argv: needs a program (a non-empty first element)",
+                ));
             }
-            (None, Some(c)) => ExecSpec::shell(c.clone()),
-            (Some(_), Some(_)) => return Err(ApiError::bad_request("give either argv or cmd, not both")),
+        }
+        let mut spec = match (&self.argv, &self.cmd) {
+            (Some(a), None) => ExecSpec::argv(a.clone()),
+            // `sh -c CMD ARGV...`: argv are the shell's $0, $1, ...
+            (a, Some(c)) => {
+                let mut s = ExecSpec::shell(c.clone());
+                s.argv.extend(a.iter().flatten().cloned());
+                s
+            }
             (None, None) => return Err(ApiError::bad_request("argv or cmd: one is required")),
         };
         if spec.argv.iter().any(|a| a.contains('\0')) {
@@ -91,14 +101,11 @@ impl ExecRequest {
             }
             spec.user = Some(u.clone());
         }
-        spec.stdin = match (&self.stdin, &self.stdin_base64) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request("give either stdin or stdin_base64, not both"))
-            }
-            (Some(s), None) => s.clone().into_bytes(),
-            (None, Some(b)) => unb64("stdin_base64", b)?,
-            (None, None) => Vec::new(),
-        };
+        // Both: the text first, then the decoded bytes.
+        spec.stdin = self.stdin.clone().unwrap_or_default().into_bytes();
+        if let Some(b) = &self.stdin_base64 {
+            spec.stdin.extend(unb64("stdin_base64", b)?);
+        }
         match self.timeout_secs {
             Some(0) => return Err(ApiError::bad_request("timeout_secs: must be at least 1")),
             Some(t) if t > 2_592_000 => {
@@ -109,15 +116,8 @@ impl ExecRequest {
             Some(t) => spec.timeout = Some(Duration::from_secs(t)),
             None => {}
         }
-        match self.stdin_open {
-            Some(true) if !streaming => {
-                return Err(ApiError::bad_request(
-                    "stdin_open: only for streaming execs (exec/stream, exec/ws)",
-                ))
-            }
-            Some(o) => spec.stdin_open = o,
-            None => {}
-        }
+        // The collected exec closes stdin after `stdin`, whatever it says.
+        spec.stdin_open = streaming && self.stdin_open.unwrap_or(false);
         Ok(spec)
     }
 }
@@ -417,7 +417,7 @@ async fn pump(
     params(("id" = String, Path, description = "Sandbox id or name")),
     request_body = ExecRequest,
     responses(
-        (status = 200, description = "An SSE stream of ExecEvent: `started` (exec_id, pid), `stdout`/`stderr` (base64 `data`), then `exit` (or `error`)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An SSE stream of ExecEvent: `started` (exec_id, pid), `stdout`/`stderr` (base64 `data`), then `exit` (or `error`)", content_type = "text/event-stream", body = super::model::SseEvent),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),

@@ -111,3 +111,48 @@ impl<S: Send + Sync> FromRequest<S> for BodyBytes {
             .map_err(bytes_rejection)
     }
 }
+
+/// An integer from JSON that may be written as an integral float (`3.0`), as
+/// JSON Schema's `integer` allows.
+fn integral(n: &serde_json::Number) -> Option<i128> {
+    if let Some(u) = n.as_u64() {
+        return Some(i128::from(u));
+    }
+    if let Some(i) = n.as_i64() {
+        return Some(i128::from(i));
+    }
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && f.abs() < 1e30).then_some(f as i128)
+}
+
+/// `#[serde(deserialize_with)]` for an optional integer field of type `T`.
+pub fn opt_int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::de::Error;
+    use serde::Deserialize;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    integral(&n)
+        .and_then(|i| T::try_from(i).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("invalid value {n}: expected an integer in range")))
+}
+
+/// `#[serde(deserialize_with)]` for a required integer field.
+pub fn int<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::de::Error;
+    opt_int(d)?.ok_or_else(|| D::Error::custom("expected an integer, found null"))
+}
+
+/// The number of a JSON number, when it is an integer.
+pub fn integer_of(n: &serde_json::Number) -> Option<i128> {
+    integral(n)
+}

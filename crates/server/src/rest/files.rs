@@ -59,6 +59,7 @@ impl From<&pb::FileInfo> for FileView {
 #[into_params(parameter_in = Query)]
 pub struct PathQuery {
     /// An absolute guest path.
+    #[param(pattern = "^/[^\\x00]*$")]
     pub path: String,
 }
 
@@ -66,15 +67,18 @@ pub struct PathQuery {
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// An absolute guest path (its directory must exist).
+    #[param(pattern = "^/[^\\x00]*$")]
     pub path: String,
     /// Octal permission bits (default 644).
+    #[param(pattern = "^(0o)?0?[0-7]{1,4}$")]
     pub mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
-    /// An absolute guest path.
+    /// An absolute guest path, not the root (no `.` or `..` components).
+    #[param(pattern = "^(/+([^/\\x00.][^/\\x00]*|\\.[^/\\x00.][^/\\x00]*|\\.\\.[^/\\x00]+))+/*$")]
     pub path: String,
     /// Remove a directory with everything in it.
     #[serde(default)]
@@ -85,18 +89,24 @@ pub struct RemoveQuery {
 #[serde(deny_unknown_fields)]
 pub struct MkdirRequest {
     /// An absolute guest path.
+    #[schema(pattern = "^/[^\\x00]*$")]
     pub path: String,
     /// Make missing parents too.
     #[serde(default)]
     pub parents: bool,
     /// Octal permission bits (default 755).
+    #[schema(pattern = "^(0o)?0?[0-7]{1,4}$")]
     pub mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
+    /// An absolute guest path.
+    #[schema(pattern = "^/[^\\x00]*$")]
     pub from: String,
+    /// An absolute guest path.
+    #[schema(pattern = "^/[^\\x00]*$")]
     pub to: String,
 }
 
@@ -110,8 +120,16 @@ pub struct Written {
 fn parse_mode(field: &str, m: Option<&str>, default: u32) -> ApiResult<u32> {
     match m {
         None => Ok(default),
-        Some(s) => match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
-            Ok(v) if v <= 0o7777 => Ok(v),
+        Some(s) => match s.strip_prefix("0o").unwrap_or(s) {
+            d if !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| (b'0'..=b'7').contains(&b)) => {
+                let v = u32::from_str_radix(d, 8).unwrap_or(u32::MAX);
+                if v > 0o7777 || (d.len() == 5 && !d.starts_with('0')) {
+                    return Err(ApiError::bad_request(format!(
+                        "{field}: {s:?} is not octal permission bits (like 644 or 0755)"
+                    )));
+                }
+                Ok(v)
+            }
             _ => Err(ApiError::bad_request(format!(
                 "{field}: {s:?} is not octal permission bits (like 644 or 0755)"
             ))),
@@ -138,11 +156,11 @@ where
     params(("id" = String, Path, description = "Sandbox id or name"), PathQuery),
     responses(
         (status = 200, description = "The file's bytes, streamed", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "Bad path, or a directory", body = ErrorBody),
+        (status = 400, description = "Bad path", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 403, description = "Permission denied", body = ErrorBody),
         (status = 404, description = "No such sandbox or file", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "A directory, or the sandbox is not running", body = ErrorBody),
         (status = 502, description = "The sandbox or its agent failed", body = ErrorBody),
     ))]
 pub async fn download(
@@ -153,7 +171,7 @@ pub async fn download(
     let path = guest_path("path", &q.path)?;
     let info = on(&state, &id, async |s| s.stat(&path).await).await?;
     if info.kind == pb::FileKind::Dir as i32 {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::conflict(format!(
             "path: {path:?} is a directory (list it with files/list)"
         )));
     }
@@ -298,8 +316,11 @@ pub async fn remove(
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
     let path = guest_path("path", &q.path)?;
-    if path.trim_end_matches('/').is_empty() {
-        return Err(ApiError::bad_request("path: refusing to remove the guest's root directory"));
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|c| *c == "." || *c == "..") {
+        return Err(ApiError::bad_request(format!(
+            "path: {path:?} must name something below the root, without `.` or `..` components"
+        )));
     }
     on(&state, &id, async |s| s.remove(&path, q.recursive).await).await?;
     Ok(StatusCode::NO_CONTENT)

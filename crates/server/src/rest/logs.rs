@@ -37,6 +37,7 @@ pub struct LogsQuery {
     #[param(minimum = 1, maximum = 100000)]
     pub tail: Option<u32>,
     /// A duration back from now (`90s`, `15m`, `2h`, `1d`) or an RFC 3339 time.
+    #[param(max_length = 40, pattern = "^(([0-9]+\\.?[0-9]*|\\.[0-9]+)(ms|s|m|h|d)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$")]
     pub since: Option<String>,
     /// Include each line's time (default true).
     pub timestamps: Option<bool>,
@@ -76,7 +77,7 @@ fn view(lines: Vec<LogLine>, stamps: bool) -> Vec<LogLineView> {
     params(("id" = String, Path, description = "Sandbox id or name"), LogsQuery),
     responses(
         (status = 200, description = "The log lines; with follow=true an SSE stream of `lines` events (LogLines) instead", 
-            content((LogLines = "application/json"), (String = "text/event-stream"))),
+            content((LogLines = "application/json"), (super::model::SseEvent = "text/event-stream"))),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
@@ -104,8 +105,11 @@ pub async fn logs(
         ),
         None => None,
     };
-    if q.tail == Some(0) {
-        return Err(ApiError::bad_request("tail: must be at least 1"));
+    if let Some(t) = q.tail.filter(|t| !(1..=100_000).contains(t)) {
+        return Err(ApiError::bad_request(format!("tail: {t} is out of range (1..=100000)")));
+    }
+    if q.since.as_ref().is_some_and(|s| s.len() > 40) {
+        return Err(ApiError::bad_request("since: longer than 40 characters"));
     }
     let query = LogQuery {
         tail: q.tail.map(|t| t as usize),

@@ -136,18 +136,34 @@ pub fn fs_error(e: hearth_runtime::Error) -> ApiError {
         _ => None,
     };
     let mut api = ApiError::from(e);
-    if api.status != StatusCode::BAD_GATEWAY {
+    if api.status != StatusCode::BAD_GATEWAY && api.status != StatusCode::BAD_REQUEST {
+        return api;
+    }
+    // The request passed the handler's checks, so what is left is the
+    // guest's state: a directory where a file is needed, a name too long
+    // for its file system, ...: a conflict with it.
+    if api.status == StatusCode::BAD_REQUEST {
+        api.status = StatusCode::CONFLICT;
+        api.kind = "conflict";
         return api;
     }
     let (status, kind) = match errno {
-        Some(17 | 39) => (StatusCode::CONFLICT, "conflict"),
         Some(2) => (StatusCode::NOT_FOUND, "not_found"),
         Some(1 | 13 | 30) => (StatusCode::FORBIDDEN, "permission_denied"),
-        Some(16 | 18 | 20 | 21 | 22 | 26 | 36 | 40) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        Some(16..=18 | 20..=22 | 26 | 36 | 39 | 40) => (StatusCode::CONFLICT, "conflict"),
         Some(28) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
         _ => return api,
     };
     api.status = status;
     api.kind = kind;
     api
+}
+
+/// One Server-Sent Event as clients parse it: the `event` name and its
+/// `data` (a JSON document, described with each stream).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    /// JSON text.
+    pub data: String,
 }

@@ -82,11 +82,13 @@ pub struct StartProcessRequest {
     pub stdin: Option<String>,
     pub stdin_base64: Option<String>,
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub timeout_secs: Option<u64>,
     /// A name unique among running processes (not all digits).
     pub tag: Option<String>,
     /// Output ring buffer in bytes (default 1 MiB).
     #[schema(minimum = 4096, maximum = 67108864)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub buffer_bytes: Option<u32>,
 }
 
@@ -120,10 +122,10 @@ pub async fn list(
     request_body = StartProcessRequest,
     responses(
         (status = 201, description = "Started", body = Started),
-        (status = 400, description = "Bad input, or it could not start", body = ErrorBody),
+        (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The tag is in use, or the sandbox is not running", body = ErrorBody),
+        (status = 409, description = "It could not start (`never_started`), the tag is in use, or the sandbox is not running", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 502, description = "The sandbox or its agent failed", body = ErrorBody),
@@ -146,7 +148,8 @@ pub async fn start(
     }
     .to_spec(false)?;
     if let Some(t) = &req.tag {
-        if t.is_empty() || t.len() > 64 || t.bytes().all(|b| b.is_ascii_digit()) || t.contains('\0') {
+        let n = t.chars().count();
+        if n == 0 || n > 64 || t.bytes().all(|b| b.is_ascii_digit()) || t.contains('\0') {
             return Err(ApiError::bad_request(format!(
                 "tag: {t:?} must be 1-64 characters and not all digits"
             )));
@@ -165,10 +168,18 @@ pub async fn start(
         buffer_bytes: req.buffer_bytes.unwrap_or(0),
     };
     let s = state.sandbox(&id).await?;
-    let pid = s
-        .exec_detached(&spec)
-        .await
-        .inspect_err(|e| state.forget_if_gone(s.id(), e))?;
+    let pid = match s.exec_detached(&spec).await {
+        Ok(pid) => pid,
+        // The request was valid; the guest could not start it (no such
+        // program, user or directory).
+        Err(hearth_runtime::Error::InvalidSpec(m)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "never_started", m))
+        }
+        Err(e) => {
+            state.forget_if_gone(s.id(), &e);
+            return Err(e.into());
+        }
+    };
     Ok((StatusCode::CREATED, axum::Json(Started { pid, tag: req.tag })))
 }
 
@@ -213,10 +224,17 @@ impl AttachEventView {
 }
 
 fn target(s: &str) -> ApiResult<ProcessRef> {
-    if s.is_empty() || s == "0" {
-        return Err(ApiError::bad_request(format!("pid_or_tag: {s:?} names no process")));
+    if s.is_empty() {
+        return Err(ApiError::bad_request("pid_or_tag: empty"));
     }
-    Ok(ProcessRef::parse(s))
+    // Tags are never all digits: digits that are no valid pid name nothing.
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u32>() {
+            Ok(p) if p > 0 => Ok(ProcessRef::Pid(p)),
+            _ => Err(ApiError::not_found(format!("no background process with pid {s}"))),
+        };
+    }
+    Ok(ProcessRef::Tag(s.to_string()))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/processes/{pid_or_tag}/attach", operation_id = "attach_process", tag = "processes",
@@ -226,7 +244,7 @@ fn target(s: &str) -> ApiResult<ProcessRef> {
         AttachQuery,
     ),
     responses(
-        (status = 200, description = "An SSE stream of AttachEventView: `attached`, then `stdout`/`stderr`/`dropped`, then `exit` (or `error`)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An SSE stream of AttachEventView: `attached`, then `stdout`/`stderr`/`dropped`, then `exit` (or `error`)", content_type = "text/event-stream", body = super::model::SseEvent),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 404, description = "No such sandbox or process", body = ErrorBody),
@@ -292,7 +310,8 @@ pub async fn attach(
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Signal {
-    Number(i32),
+    #[schema(value_type = i32)]
+    Number(serde_json::Number),
     Name(String),
 }
 
@@ -315,13 +334,22 @@ const SIGNALS: &[(&str, i32)] = &[
     ("STOP", 19),
 ];
 
+/// Every signal name a kill takes: `TERM` and `SIGTERM` alike.
+pub fn signal_names() -> Vec<String> {
+    SIGNALS
+        .iter()
+        .flat_map(|(n, _)| [n.to_string(), format!("SIG{n}")])
+        .collect()
+}
+
 fn signal_number(s: &Signal) -> ApiResult<i32> {
     match s {
-        Signal::Number(n) if (1..=64).contains(n) => Ok(*n),
-        Signal::Number(n) => Err(ApiError::bad_request(format!("signal: {n} is out of range (1..=64)"))),
+        Signal::Number(n) => match super::extract::integer_of(n) {
+            Some(v @ 1..=64) => Ok(v as i32),
+            _ => Err(ApiError::bad_request(format!("signal: {n} is not a signal number (1..=64)"))),
+        },
         Signal::Name(name) => {
-            let up = name.to_ascii_uppercase();
-            let bare = up.strip_prefix("SIG").unwrap_or(&up);
+            let bare = name.strip_prefix("SIG").unwrap_or(name);
             SIGNALS
                 .iter()
                 .find(|(n, _)| *n == bare)

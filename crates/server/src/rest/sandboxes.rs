@@ -43,6 +43,7 @@ pub struct PersistRequest {
     pub name: Option<String>,
     /// Size of a new volume in MiB (default 1024).
     #[schema(minimum = 8, maximum = 1048576)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub size_mib: Option<u64>,
 }
 
@@ -55,8 +56,10 @@ pub struct CreateRequest {
     /// A host path of a squashfs or ext4 root image, instead of a language.
     pub image: Option<String>,
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub cpus: Option<u32>,
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub mem_mib: Option<u32>,
     pub network: Option<NetworkMode>,
     pub persist: Option<PersistRequest>,
@@ -66,6 +69,7 @@ pub struct CreateRequest {
     pub metadata: Option<BTreeMap<String, String>>,
     /// Seconds until the server removes it (default: the server's, 300).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub timeout_secs: Option<u64>,
     /// A unique name usable instead of the id.
     #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
@@ -201,7 +205,8 @@ fn spawn_create(
 #[utoipa::path(post, path = "/v1/sandboxes", operation_id = "create_sandbox", tag = "sandboxes",
     request_body = CreateRequest,
     responses(
-        (status = 201, description = "Created. With `Accept: text/event-stream` the answer is instead an SSE stream of `progress` events (ProgressEvent), then one `created` (SandboxView) or `error` (ErrorBody) event.", body = SandboxView),
+        (status = 201, description = "Created. With `Accept: text/event-stream` the answer is instead an SSE stream of `progress` events (ProgressEvent), then one `created` (SandboxView) or `error` (ErrorBody) event.",
+            content((SandboxView = "application/json"), (super::model::SseEvent = "text/event-stream"))),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "No or bad API token", body = ErrorBody),
         (status = 409, description = "The name or persist volume is in use", body = ErrorBody),
@@ -275,7 +280,8 @@ pub struct ListQuery {
     pub status: Option<Vec<Status>>,
     /// Only this name.
     pub name: Option<String>,
-    /// `key:value`: only sandboxes whose metadata has it (all must match).
+    /// `key:value`: only sandboxes whose metadata has it; `key`: only those
+    /// that have the key (every one given must match).
     pub metadata: Option<Vec<String>>,
 }
 
@@ -301,12 +307,10 @@ pub async fn list(
                     .map_err(|e: String| ApiError::bad_request(format!("status: {e}")))?,
             ),
             "name" => filter.name = Some(v),
-            "metadata" => {
-                let (mk, mv) = v.split_once(':').ok_or_else(|| {
-                    ApiError::bad_request(format!("metadata: {v:?} is not `key:value`"))
-                })?;
-                meta.push((mk.to_string(), mv.to_string()));
-            }
+            "metadata" => match v.split_once(':') {
+                Some((mk, mv)) => meta.push((mk.to_string(), Some(mv.to_string()))),
+                None => meta.push((v, None)),
+            },
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter {other:?} (status, name, metadata)"
@@ -317,7 +321,12 @@ pub async fn list(
     let recs = state.runtime().list(&filter).await?;
     Ok(axum::Json(
         recs.iter()
-            .filter(|r| meta.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+            .filter(|r| {
+                meta.iter().all(|(k, v)| match v {
+                    Some(v) => r.metadata.get(k) == Some(v),
+                    None => r.metadata.contains_key(k),
+                })
+            })
             .map(|r| SandboxView::new(&state, r))
             .collect(),
     ))
@@ -377,6 +386,7 @@ pub async fn delete(
 #[serde(deny_unknown_fields)]
 pub struct TimeoutRequest {
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(deserialize_with = "super::extract::int")]
     pub timeout_secs: u64,
 }
 
