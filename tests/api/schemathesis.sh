@@ -88,7 +88,7 @@ set +e
     --exclude-operation-id set_sandbox_timeout \
     --exclude-operation-id exec_ws \
     --phases examples,coverage,fuzzing \
-    --max-examples "${SCHEMATHESIS_EXAMPLES:-20}" \
+    --max-examples "${SCHEMATHESIS_EXAMPLES:-6}" \
     --request-timeout 60 \
     --workers 1 \
     --generation-database none \

@@ -128,6 +128,8 @@ fn sandbox_exec_files_processes_logs() {
     assert_eq!(ids("?metadata=team:a"), vec![id.clone()]);
     assert_eq!(ids("?metadata=team:b&status=running"), vec![id_b.clone()]);
     assert_eq!(ids("?name=rest-a"), vec![id.clone()]);
+    assert_eq!(ids("?metadata=team"), both);
+    assert_eq!(ids("?metadata=other"), Vec::<String>::new());
     assert_eq!(srv.json("GET", "/v1/sandboxes/rest-a", None, 200)["id"], id);
 
     // Collected exec: output, exit code, env, cwd, user, stdin, timeout, never started.
@@ -241,6 +243,10 @@ fn sandbox_exec_files_processes_logs() {
     assert_eq!(evs.last().unwrap().1["kind"], "killed", "{evs:?}");
     srv.error("POST", &p("/processes/nope/kill"), Some(&json!({})), 404);
     srv.error("POST", &p("/processes/ticker/kill"), Some(&json!({"signal": "BOGUS"})), 400);
+    srv.error("POST", &p("/processes/0/kill"), Some(&json!({"signal": 9.0})), 404);
+    srv.error("POST", &p("/processes"), Some(&json!({"cmd": "true", "tag": "has space"})), 400);
+    let e = srv.error("POST", &p("/processes"), Some(&json!({"argv": ["/no/such/program"], "tag": "x"})), 409);
+    assert_eq!(e["kind"], "never_started", "{e}");
 
     // Stats and logs.
     let s = srv.json("GET", &p("/stats"), None, 200);

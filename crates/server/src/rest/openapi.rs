@@ -96,7 +96,7 @@ fn exec_schema(streaming: bool) -> serde_json::Value {
     if streaming {
         props["stdin_open"] = json!({"type": ["boolean", "null"], "description": "Streaming execs: keep stdin open for `/execs/{exec_id}/stdin` or WebSocket binary messages. Ignored by the collected exec."});
     } else {
-        props["tag"] = json!({"type": ["string", "null"], "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*[^0-9\\x00][^\\x00]*$", "description": "A name unique among running processes (not all digits)."});
+        props["tag"] = json!({"type": ["string", "null"], "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._-]*[A-Za-z._-][A-Za-z0-9._-]*$", "description": "A name unique among running processes: 1-64 of `[A-Za-z0-9._-]`, not all digits."});
         props["buffer_bytes"] = json!({"type": ["integer", "null"], "minimum": 4096, "maximum": 67108864, "description": "Output ring buffer in bytes (default 1 MiB)."});
     }
     json!({

@@ -84,7 +84,7 @@ pub struct StartProcessRequest {
     #[schema(minimum = 1, maximum = 2592000)]
     #[serde(default, deserialize_with = "super::extract::opt_int")]
     pub timeout_secs: Option<u64>,
-    /// A name unique among running processes (not all digits).
+    /// A name unique among running processes: 1-64 of `[A-Za-z0-9._-]`, not all digits.
     pub tag: Option<String>,
     /// Output ring buffer in bytes (default 1 MiB).
     #[schema(minimum = 4096, maximum = 67108864)]
@@ -148,10 +148,12 @@ pub async fn start(
     }
     .to_spec(false)?;
     if let Some(t) = &req.tag {
-        let n = t.chars().count();
-        if n == 0 || n > 64 || t.bytes().all(|b| b.is_ascii_digit()) || t.contains('\0') {
+        let ok = (1..=64).contains(&t.len())
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !t.bytes().all(|b| b.is_ascii_digit());
+        if !ok {
             return Err(ApiError::bad_request(format!(
-                "tag: {t:?} must be 1-64 characters and not all digits"
+                "tag: {t:?} must be 1-64 of [A-Za-z0-9._-], not all digits"
             )));
         }
     }
@@ -227,12 +229,16 @@ fn target(s: &str) -> ApiResult<ProcessRef> {
     if s.is_empty() {
         return Err(ApiError::bad_request("pid_or_tag: empty"));
     }
-    // Tags are never all digits: digits that are no valid pid name nothing.
+    // Tags are never all digits: digits that are no valid pid name nothing;
+    // neither does anything the agent would refuse as a tag.
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return match s.parse::<u32>() {
             Ok(p) if p > 0 => Ok(ProcessRef::Pid(p)),
             _ => Err(ApiError::not_found(format!("no background process with pid {s}"))),
         };
+    }
+    if hearth_proto::background::validate_tag(s).is_err() {
+        return Err(ApiError::not_found(format!("no background process with tag {s:?}")));
     }
     Ok(ProcessRef::Tag(s.to_string()))
 }
