@@ -246,3 +246,15 @@ def test_async_sdk_run_and_background(server):
             await s.kill()
 
     asyncio.run(main())
+
+
+def test_a_killed_sandbox_is_not_running(server):
+    from e2b.exceptions import SandboxNotRunningException
+
+    s = Sandbox.create(timeout=300)
+    assert s.commands.run("echo up").stdout == "up\n"  # the gateway holds a handle now
+    s.kill()
+    with pytest.raises(SandboxNotRunningException):
+        s.commands.run("true")
+    with pytest.raises(SandboxNotRunningException):
+        s.commands.list()
