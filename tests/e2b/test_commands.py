@@ -15,7 +15,7 @@ import threading
 import httpx
 import pytest
 from e2b import AsyncSandbox, Sandbox
-from e2b.exceptions import AuthenticationException, TimeoutException
+from e2b.exceptions import AuthenticationException, SandboxException, TimeoutException
 from e2b.sandbox.commands.command_handle import CommandExitException
 
 from conftest import wait_until
@@ -110,6 +110,13 @@ def test_close_stdin_gives_end_of_file(sbx):
     sbx.commands.close_stdin(h.pid)
     r = h.wait()
     assert r.stdout == "a\nclosed\n"
+    # Input after the close is refused, not dropped.
+    h2 = sbx.commands.run("cat; exec sleep 600", background=True, stdin=True)
+    sbx.commands.send_stdin(h2.pid, "b\n")
+    sbx.commands.close_stdin(h2.pid)
+    with pytest.raises(SandboxException, match="no open stdin"):
+        sbx.commands.send_stdin(h2.pid, "c\n")
+    assert sbx.commands.kill(h2.pid) is True
 
 
 def test_stream_input_in_chunks(sbx):
@@ -246,3 +253,15 @@ def test_async_sdk_run_and_background(server):
             await s.kill()
 
     asyncio.run(main())
+
+
+def test_a_killed_sandbox_is_not_running(server):
+    from e2b.exceptions import SandboxNotRunningException
+
+    s = Sandbox.create(timeout=300)
+    assert s.commands.run("echo up").stdout == "up\n"  # the gateway holds a handle now
+    s.kill()
+    with pytest.raises(SandboxNotRunningException):
+        s.commands.run("true")
+    with pytest.raises(SandboxNotRunningException):
+        s.commands.list()

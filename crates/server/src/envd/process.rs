@@ -324,7 +324,7 @@ async fn write_input(
     if !input.stdin_open {
         return Err(ConnectError::new(
             Code::FailedPrecondition,
-            format!("process {pid} was started without stdin (start it with stdin=True)"),
+            format!("process {pid} has no open stdin (it was started without stdin=True, or its stdin was closed)"),
         ));
     }
     input
@@ -436,6 +436,7 @@ async fn send_signal(
 
 async fn close_stdin(
     State(state): State<AppState>,
+    Extension(reg): Extension<Registry>,
     caller: Result<Caller, ConnectError>,
     headers: HeaderMap,
     body: Body,
@@ -462,6 +463,11 @@ async fn close_stdin(
         sb.close_process_stdin(&ProcessRef::Pid(pid))
             .await
             .map_err(|e| fail(&state, sb, e))?;
+        // Input through the kept attach is refused from now on.
+        if let Some(mut i) = reg.get(sb.id(), pid).and_then(|k| k.input) {
+            i.stdin_open = false;
+            reg.set_input(sb.id(), pid, i);
+        }
         Ok(Unary(pb::CloseStdinResponse {}))
     })
     .await
