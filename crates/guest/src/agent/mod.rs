@@ -257,6 +257,7 @@ fn all_capabilities() -> u64 {
         C::Stats,
         C::Watch,
         C::PortForward,
+        C::FileOwner,
     ]
     .into_iter()
     .map(capability_bit)
