@@ -104,7 +104,24 @@ impl Client {
         mode: u32,
         create_parents: bool,
     ) -> Result<u64, ClientError> {
+        self.write_file_owned(path, r, mode, create_parents, None)
+            .await
+    }
+
+    /// [`write_file`](Self::write_file), the file owned by `owner` (needs
+    /// CAPABILITY_FILE_OWNER when set).
+    pub async fn write_file_owned<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        r: &mut R,
+        mode: u32,
+        create_parents: bool,
+        owner: Option<pb::FileOwner>,
+    ) -> Result<u64, ClientError> {
         self.require(pb::Capability::Files, "file transfer")?;
+        if owner.is_some() {
+            self.require(pb::Capability::FileOwner, "file owners on writes")?;
+        }
         let input = self.input_credit();
         let req = Message::FileWrite(pb::FileWrite {
             path: path.to_string(),
@@ -112,6 +129,7 @@ impl Client {
             create_parents,
             size: 0,
             input_credit: input.is_some(),
+            owner,
         });
         let spec = StreamSpec {
             kind: StreamKind::Write,

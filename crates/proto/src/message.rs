@@ -211,8 +211,14 @@ impl Message {
                 }
                 Ok(())
             }
-            Message::WriteFile(m) => validate_path("path", &m.path).or_else(invalid),
-            Message::FileWrite(m) => validate_path("path", &m.path).or_else(invalid),
+            Message::WriteFile(m) => {
+                validate_path("path", &m.path).or_else(invalid)?;
+                validate_owner(m.owner.as_ref()).or_else(invalid)
+            }
+            Message::FileWrite(m) => {
+                validate_path("path", &m.path).or_else(invalid)?;
+                validate_owner(m.owner.as_ref()).or_else(invalid)
+            }
             Message::FileRead(m) => validate_path("path", &m.path).or_else(invalid),
             Message::Stat(m) => validate_path("path", &m.path).or_else(invalid),
             Message::ListDir(m) => validate_path("path", &m.path).or_else(invalid),
@@ -320,6 +326,18 @@ fn validate_limits(l: Option<&pb::ResourceLimits>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A file owner: uid and gid -1 mean "unchanged" to chown(2), so they are
+/// refused rather than silently leaving root's.
+fn validate_owner(o: Option<&pb::FileOwner>) -> Result<(), String> {
+    match o {
+        Some(o) if o.uid == u32::MAX || o.gid == u32::MAX => Err(format!(
+            "owner uid {} gid {}: 4294967295 is not an owner",
+            o.uid, o.gid
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn validate_path(field: &str, path: &str) -> Result<(), String> {
@@ -590,6 +608,16 @@ mod tests {
                 port: 65536,
                 ..Default::default()
             }),
+            Message::FileWrite(pb::FileWrite {
+                path: "/f".into(),
+                owner: Some(pb::FileOwner { uid: u32::MAX, gid: 0 }),
+                ..Default::default()
+            }),
+            Message::WriteFile(pb::WriteFile {
+                path: "/f".into(),
+                owner: Some(pb::FileOwner { uid: 1000, gid: u32::MAX }),
+                ..Default::default()
+            }),
         ];
         for m in bad {
             assert!(
@@ -618,6 +646,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(write.encode_to_vec(), [5 << 3, 1]);
+        // FileOwner{uid: 1, gid: 0} as field 6 of FILE_WRITE and 5 of WRITE_FILE.
+        let owner = Some(pb::FileOwner { uid: 1, gid: 0 });
+        let write = pb::FileWrite {
+            owner: owner.clone(),
+            ..Default::default()
+        };
+        assert_eq!(write.encode_to_vec(), [6 << 3 | 2, 2, 1 << 3, 1]);
+        let whole = pb::WriteFile {
+            owner: owner.clone(),
+            ..Default::default()
+        };
+        assert_eq!(whole.encode_to_vec(), [5 << 3 | 2, 2, 1 << 3, 1]);
+        assert!(Message::FileWrite(pb::FileWrite {
+            path: "/f".into(),
+            owner,
+            ..Default::default()
+        })
+        .validate()
+        .is_ok());
     }
 
     #[test]

@@ -27,6 +27,34 @@ pub fn parents_of(path: &str) -> Vec<String> {
 }
 
 impl Sandbox {
+    /// Whether the agent sets a written file's owner itself
+    /// (CAPABILITY_FILE_OWNER); without it, use [`Sandbox::chown`].
+    pub async fn sets_file_owner(&self) -> Result<bool> {
+        let caps = self.agent().await?.ready().capabilities;
+        Ok(hearth_proto::has_capability(caps, crate::pb::Capability::FileOwner))
+    }
+
+    /// [`Sandbox::write_file`], the file owned by `uid`:`gid` from the start
+    /// (the agent gives its temporary file to them before the rename).
+    pub async fn write_file_as<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        r: &mut R,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<u64> {
+        let owner = Some(crate::pb::FileOwner { uid, gid });
+        let agent = self.agent().await?;
+        match agent.client().write_file_owned(path, r, mode, false, owner).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let e = Error::agent(format!("{}: cannot write :{path}", agent.label()), e);
+                Err(self.explain(e).await)
+            }
+        }
+    }
+
     /// Makes every missing directory above `path` (mode 0755); returns the
     /// ones it made, nearest the root first (for [`Sandbox::chown`]).
     pub async fn make_parents(&self, path: &str) -> Result<Vec<String>> {

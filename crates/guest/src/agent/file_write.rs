@@ -143,6 +143,16 @@ impl TempFile {
         Err(io_err("write", &target)(e))
     }
 
+    /// Gives the temporary file to `owner` (before the rename, so the
+    /// target never shows with root's ownership).
+    pub fn set_owner(&self, owner: Option<&pb::FileOwner>) -> Result<(), WriteError> {
+        if let (Some(o), Some(f)) = (owner, &self.file) {
+            std::os::unix::fs::fchown(f, Some(o.uid), Some(o.gid))
+                .map_err(io_err("chown", &self.target))?;
+        }
+        Ok(())
+    }
+
     pub fn write(&mut self, data: &[u8]) -> Result<(), WriteError> {
         if let Some(f) = self.file.as_mut() {
             f.write_all(data).map_err(|e| WriteError::Io {
@@ -204,6 +214,7 @@ fn answer(r: Result<u64, WriteError>) -> Message {
 pub async fn run_whole(req: pb::WriteFile, seq: u32, writer: Writer) {
     let r = tokio::task::spawn_blocking(move || {
         let mut t = TempFile::create(&req.path, req.mode, req.create_parents, 0)?;
+        t.set_owner(req.owner.as_ref())?;
         t.write(&req.data)?;
         t.commit()
     })
@@ -234,7 +245,9 @@ pub async fn run_chunked(
 async fn write_chunks(req: pb::FileWrite, seq: u32, input: &Consumer, writer: &Writer) -> Message {
     let path = req.path.clone();
     let created = tokio::task::spawn_blocking(move || {
-        TempFile::create(&req.path, req.mode, req.create_parents, req.size)
+        let t = TempFile::create(&req.path, req.mode, req.create_parents, req.size)?;
+        t.set_owner(req.owner.as_ref())?;
+        Ok(t)
     })
     .await;
     let mut file = match created {

@@ -260,6 +260,7 @@ fn all_capabilities() -> u64 {
         C::Watch,
         C::PortForward,
         C::ProcessStdinClose,
+        C::FileOwner,
     ]
     .into_iter()
     .map(capability_bit)

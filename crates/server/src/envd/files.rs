@@ -134,29 +134,30 @@ async fn download(
         .into_response())
 }
 
-/// Writes one file for `c` from `r`: parents made, owner set.
+/// Writes one file for `c` from `r`: parents made, owner set (by the
+/// agent when it can, else with a `chown` exec after the write).
 async fn write_one<R: tokio::io::AsyncRead + Unpin>(
     state: &AppState,
     c: &Caller,
     path: &str,
     r: &mut R,
 ) -> ApiResult<WriteInfo> {
-    let made = c
-        .sandbox
-        .make_parents(path)
-        .await
-        .map_err(|e| gone(state, c, e))?;
-    c.sandbox
-        .write_file(path, r, 0o644)
-        .await
-        .map_err(|e| gone(state, c, e))?;
-    if c.owns_files() {
-        let mut paths = made;
-        paths.push(path.to_string());
+    let err = |e| gone(state, c, e);
+    let mut made = c.sandbox.make_parents(path).await.map_err(err)?;
+    if !c.owns_files() {
+        c.sandbox.write_file(path, r, 0o644).await.map_err(err)?;
+    } else if c.sandbox.sets_file_owner().await.map_err(err)? {
+        if !made.is_empty() {
+            c.sandbox.chown(&made, &c.user).await.map_err(err)?;
+        }
         c.sandbox
-            .chown(&paths, &c.user)
+            .write_file_as(path, r, 0o644, c.uid, c.gid)
             .await
-            .map_err(|e| gone(state, c, e))?;
+            .map_err(err)?;
+    } else {
+        c.sandbox.write_file(path, r, 0o644).await.map_err(err)?;
+        made.push(path.to_string());
+        c.sandbox.chown(&made, &c.user).await.map_err(err)?;
     }
     Ok(WriteInfo {
         path: path.to_string(),

@@ -28,6 +28,8 @@ pub struct Caller {
     pub id: String,
     pub sandbox: Arc<Sandbox>,
     pub user: String,
+    pub uid: u32,
+    pub gid: u32,
     pub home: String,
     pub accounts: Arc<Accounts>,
 }
@@ -72,6 +74,8 @@ pub async fn caller(
         id: sandbox.id().to_string(),
         sandbox,
         user: user.name,
+        uid: user.uid,
+        gid: user.gid,
         home: user.home,
         accounts,
     })
