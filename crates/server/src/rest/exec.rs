@@ -598,3 +598,38 @@ async fn ws_session(state: AppState, registry: Arc<ExecRegistry>, s: Arc<Sandbox
         let _ = ws.send(Message::Close(None)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: serde_json::Value) -> ExecRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn requests_become_specs_and_bad_ones_name_the_field() {
+        let s = req(serde_json::json!({"cmd": "echo $0", "argv": ["x"], "stdin": "a", "stdin_base64": "Yg==", "timeout_secs": 2.0})).to_spec(false).unwrap();
+        assert_eq!(s.argv, ["/bin/sh", "-c", "echo $0", "x"]);
+        assert_eq!(s.stdin, b"ab");
+        assert_eq!(s.timeout, Some(Duration::from_secs(2)));
+        assert!(!s.stdin_open);
+        let s = req(serde_json::json!({"argv": ["cat"], "stdin_open": true})).to_spec(true).unwrap();
+        assert!(s.stdin_open);
+        for (bad, field) in [
+            (serde_json::json!({}), "argv or cmd"),
+            (serde_json::json!({"argv": [""]}), "argv"),
+            (serde_json::json!({"cmd": "x", "env": {"A=B": "1"}}), "env"),
+            (serde_json::json!({"cmd": "x", "cwd": "tmp"}), "cwd"),
+            (serde_json::json!({"cmd": "x", "user": "a:b"}), "user"),
+            (serde_json::json!({"cmd": "x", "stdin_base64": "!!"}), "stdin_base64"),
+            (serde_json::json!({"cmd": "x", "timeout_secs": 0}), "timeout_secs"),
+        ] {
+            let e = req(bad.clone()).to_spec(true).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.message.starts_with(field), "{bad}: {}", e.message);
+        }
+        assert!(serde_json::from_value::<ExecRequest>(serde_json::json!({"cmd": "x", "timeout_secs": 1.5})).is_err());
+        assert!(serde_json::from_value::<ExecRequest>(serde_json::json!({"cmd": "x", "nope": 1})).is_err());
+    }
+}

@@ -117,3 +117,53 @@ const B64: &str = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[A
 pub async fn serve() -> axum::Json<serde_json::Value> {
     axum::Json(document_json())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_is_documented_once_with_its_auth_and_errors() {
+        let doc = document_json();
+        let mut ids = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            assert!(path.starts_with("/v1/"), "{path}");
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+                ids.push(id.to_string());
+                let r = op["responses"].as_object().unwrap();
+                assert!(r.contains_key("401"), "{method} {path}: 401 undocumented");
+                assert!(r.keys().any(|k| k.starts_with('2') || k == "101"), "{method} {path}: no success");
+                for (code, resp) in r {
+                    if code.starts_with('4') || code.starts_with('5') {
+                        let s = &resp["content"]["application/json"]["schema"]["$ref"];
+                        assert_eq!(s, "#/components/schemas/ErrorBody", "{method} {path} {code}");
+                    }
+                }
+            }
+        }
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "operation ids repeat");
+        assert_eq!(n, 24);
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+        assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+        // Every reference resolves.
+        let text = doc.to_string();
+        for part in text.split("\"#/components/schemas/").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(doc["components"]["schemas"][name].is_object(), "unresolved {name}");
+        }
+    }
+
+    #[test]
+    fn the_exec_schema_needs_argv_or_cmd() {
+        let s = exec_schema(true);
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["anyOf"].as_array().unwrap().len(), 2);
+        assert!(s["properties"]["stdin_open"].is_object());
+        assert!(exec_schema(false)["properties"]["tag"].is_object());
+    }
+}
