@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for hearth and builds it.
-#   - Debian packages: QEMU, the cloud kernel the guest boots, image tools, curl (vm_expose)
+#   - Debian packages: QEMU, the cloud kernel the guest boots, image tools, curl (vm_expose),
+#     python3-venv (the E2B SDK and schemathesis tiers), Node.js + npm when no node is installed
 #   - vhost-device-vsock (crates.io) for virtio-vsock without /dev/vhost-vsock
 #   - the static guest binary and the host binaries (release)
 # Idempotent: what is already there is not installed again.
@@ -12,7 +13,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PKGS=(qemu-system-x86 tmux linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps curl)
+PKGS=(qemu-system-x86 tmux linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps curl python3-venv)
+# The JavaScript SDK tier runs on the machine's Node.js; Debian's when there is none.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then PKGS+=(nodejs npm); fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,30 +2,15 @@
 # The E2B SDK tier: the official `e2b` Python SDK from PyPI against a real
 # `hearth serve` (started by conftest.py) booting real microVMs.
 #
-#   bash tests/e2b/run.sh [--sdk VERSION] [pytest args...]
+#   bash tests/e2b/run.sh [--sdk VERSION|latest] [pytest args...]
 #
-# The venv is cached under /var/tmp keyed by the hash of requirements.txt (and
-# the SDK version), so a second run installs nothing.
+# The venv (tests/e2b/venv.sh) is cached under /var/tmp keyed by the hash of
+# requirements.txt and the SDK version, so a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SDK=""
 if [ "${1:-}" = "--sdk" ]; then SDK="$2"; shift 2; fi
-REQ=tests/e2b/requirements.txt
-KEY=$( (cat "$REQ"; echo "sdk=$SDK") | sha256sum | cut -c1-16)
-VENV=/var/tmp/hearth-e2b-venv-$KEY
-PY=/usr/bin/python3
-# A venv's scripts name its own path, so it is made in place; the marker says
-# the install finished (a half-made venv is made again).
-if [ ! -e "$VENV/.complete" ]; then
-    echo "==> e2b tier: making the venv $VENV (PyPI)" >&2
-    rm -rf "$VENV"
-    "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
-    if [ -n "$SDK" ]; then
-        "$VENV/bin/pip" install -q --disable-pip-version-check "e2b==$SDK"
-    fi
-    touch "$VENV/.complete"
-fi
+VENV=$(bash tests/e2b/venv.sh "$SDK")
 export HEARTH_BIN="${HEARTH_BIN:-$PWD/target/release/hearth}"
 export HEARTH_GUEST_BIN="${HEARTH_GUEST_BIN:-$PWD/target/x86_64-unknown-linux-gnu/release/hearth-guest}"
 export HEARTH_IMAGE_CACHE="${HEARTH_IMAGE_CACHE:-/var/tmp/hearth-test-images}"

@@ -37,7 +37,7 @@ impl ProcessRef {
         }
     }
 
-    fn parts(&self) -> (u32, String) {
+    pub(crate) fn parts(&self) -> (u32, String) {
         match self {
             ProcessRef::Pid(p) => (*p, String::new()),
             ProcessRef::Tag(t) => (0, t.clone()),

@@ -33,6 +33,7 @@ mod logs;
 mod ops;
 mod port;
 mod stats;
+mod stdin_close;
 mod transport;
 mod watch;
 

@@ -308,6 +308,7 @@ fn fake_entry(cache: &Path, language: Language) -> ImageInfo {
         pack_ms: 0,
         env: recipe.env.clone(),
         hello: recipe.hello.clone(),
+        user: recipe.user.clone(),
         current: true,
     };
     std::fs::write(

@@ -145,6 +145,22 @@ mod tests {
     }
 
     #[test]
+    fn stdin_close_needs_one_target() {
+        let close = |pid: u32, tag: &str| {
+            Message::ProcessStdinClose(pb::ProcessStdinClose {
+                pid,
+                tag: tag.into(),
+            })
+            .validate()
+        };
+        assert!(close(7, "").is_ok());
+        assert!(close(0, "web").is_ok());
+        assert!(close(0, "").unwrap_err().to_string().contains("neither"));
+        let e = close(7, "web").unwrap_err().to_string();
+        assert!(e.contains("7") && e.contains("web"), "{e}");
+    }
+
+    #[test]
     fn new_fields_keep_their_numbers() {
         let m = pb::ExecStart {
             detach: true,

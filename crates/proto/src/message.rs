@@ -121,6 +121,8 @@ message_types! {
     Attached = 0x21 => pb::Attached,
     /// Signals a background process's group; answered by OK.
     ProcessKill = 0x22 => pb::ProcessKill,
+    /// Closes a background process's stdin; answered by OK.
+    ProcessStdinClose = 0x23 => pb::ProcessStdinClose,
     /// The agent's own log (CAPABILITY_AGENT_LOG).
     AgentLog = 0x30 => pb::AgentLog,
     AgentLogLines = 0x31 => pb::AgentLogLines,
@@ -197,6 +199,9 @@ impl Message {
                 crate::background::validate_size(m.rows, m.cols).or_else(invalid)
             }
             Message::Attach(m) => {
+                crate::background::validate_target(m.pid, &m.tag).or_else(invalid)
+            }
+            Message::ProcessStdinClose(m) => {
                 crate::background::validate_target(m.pid, &m.tag).or_else(invalid)
             }
             Message::ProcessKill(m) => {
@@ -454,6 +459,7 @@ mod tests {
             (Attach, 0x20),
             (Attached, 0x21),
             (ProcessKill, 0x22),
+            (ProcessStdinClose, 0x23),
             (AgentLog, 0x30),
             (AgentLogLines, 0x31),
             (Stats, 0x25),

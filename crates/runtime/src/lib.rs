@@ -46,8 +46,8 @@ pub mod file_owner;
 pub mod files;
 pub mod host;
 pub mod images;
-pub mod lifetime;
 pub mod lifecycle;
+pub mod lifetime;
 pub mod limits;
 pub mod logs;
 pub mod paths;
@@ -57,6 +57,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod state;
 pub mod stats;
+pub mod stdin_close;
 pub mod watch;
 
 pub use agent::Agent;

@@ -169,14 +169,21 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::rest::router())
         .merge(crate::e2b::router())
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_token,
+        ))
         .route("/healthz", get(healthz))
         .merge(crate::rest::open_router())
         .fallback(no_route)
         .with_state(state.clone());
+    // The fallback is inside the layer: unknown sandbox routes need the token too.
     let sandbox = crate::envd::router()
-        .layer(middleware::from_fn_with_state(state.clone(), crate::envd::require_access_token))
         .fallback(crate::envd::no_route)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::envd::require_access_token,
+        ))
         .with_state(state.clone());
     Router::new()
         .fallback(move |req: Request| {
@@ -194,7 +201,10 @@ pub fn router(state: AppState) -> Router {
                 }
             }
         })
-        .layer(middleware::from_fn_with_state(state.clone(), crate::telemetry::request_span))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::request_span,
+        ))
         .with_state(state)
 }
 

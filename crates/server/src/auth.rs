@@ -71,7 +71,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// 32 random bytes from the kernel, as hex.
 pub fn random_hex() -> std::io::Result<String> {
     let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
     Ok(hex::encode(b))
 }
 
@@ -162,9 +163,7 @@ impl ApiTokens {
         }
         let auth = headers.get("authorization")?.to_str().ok()?;
         let (scheme, rest) = auth.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim())
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     }
 }
 
@@ -241,9 +240,14 @@ mod tests {
         assert!(!t.accepts(""));
         let e = ApiTokens::parse(p, "s3cret\n").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("sha256:"), "{e}");
-        let e = ApiTokens::parse(p, "sha256:abcd\n").unwrap_err().to_string();
+        let e = ApiTokens::parse(p, "sha256:abcd\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1"), "{e}");
-        assert!(matches!(ApiTokens::parse(p, "# none\n"), Err(TokenFileError::Empty { .. })));
+        assert!(matches!(
+            ApiTokens::parse(p, "# none\n"),
+            Err(TokenFileError::Empty { .. })
+        ));
     }
 
     #[test]
@@ -280,6 +284,9 @@ mod tests {
         assert!(set.accepts(&t1) && set.accepts(&t2));
         assert!(!std::fs::read_to_string(&p).unwrap().contains(&t1));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(ApiTokens::load(&p), Err(TokenFileError::Mode { .. })));
+        assert!(matches!(
+            ApiTokens::load(&p),
+            Err(TokenFileError::Mode { .. })
+        ));
     }
 }

@@ -17,8 +17,7 @@ pub struct ApiError {
 }
 
 /// The JSON body of every error answer.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The HTTP status again (the E2B SDK reads it from the body).
     pub code: u16,
@@ -153,7 +152,9 @@ impl IntoResponse for ApiError {
             tracing::warn!(status = self.status.as_u16(), kind = self.kind, error = %self.message, "request failed");
         }
         let mut r = (self.status, axum::Json(self.body())).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
             // Admission refusals do not go away by retrying at once: tell
             // clients that retry (the E2B SDK does) to wait.
             r.headers_mut()

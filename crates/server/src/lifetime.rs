@@ -19,7 +19,11 @@ pub async fn reaper(state: AppState) {
         if let Err(e) = reap_once(&state, &progress).await {
             tracing::warn!(error = %crate::error::chain(&e), "reaper pass failed");
         }
+        let busy = matches!(pending_creates(&state).await, Ok(true));
         let wait = match state.runtime().next_deadline().await {
+            // An expired sandbox still booting cannot be removed yet: look
+            // again in a tick, not at once.
+            _ if busy => TICK,
             Ok(Some(t)) => t
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
@@ -33,11 +37,25 @@ pub async fn reaper(state: AppState) {
     }
 }
 
-/// Removes every expired sandbox once.
+/// Whether an expired sandbox is still being created.
+async fn pending_creates(state: &AppState) -> hearth_runtime::Result<bool> {
+    Ok(state
+        .runtime()
+        .expired(SystemTime::now())
+        .await?
+        .iter()
+        .any(|r| r.status == hearth_runtime::VmStatus::Creating))
+}
+
+/// Removes every expired sandbox once (those still being created on a later
+/// pass, once they booted or failed).
 pub async fn reap_once(state: &AppState, progress: &SharedProgress) -> hearth_runtime::Result<usize> {
     let expired = state.runtime().expired(SystemTime::now()).await?;
     let mut n = 0;
     for rec in expired {
+        if rec.status == hearth_runtime::VmStatus::Creating {
+            continue;
+        }
         let span = tracing::info_span!("reaper", sandbox_id = %rec.id);
         state.forget(&rec.id);
         match state.runtime().remove(&rec.id, false, progress).await {

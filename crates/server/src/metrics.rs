@@ -46,8 +46,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let exec_seconds = HistogramVec::new(
-            HistogramOpts::new("hearth_exec_seconds", "latency of one command, start to end")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "hearth_exec_seconds",
+                "latency of one command, start to end",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["api"],
         )
         .expect("valid metric");
@@ -60,8 +63,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let http_seconds = HistogramVec::new(
-            HistogramOpts::new("hearth_http_request_seconds", "HTTP request latency to the head")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "hearth_http_request_seconds",
+                "HTTP request latency to the head",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["method"],
         )
         .expect("valid metric");

@@ -51,7 +51,13 @@ pub async fn request_span(State(state): State<AppState>, mut req: Request, next:
         .and_then(|v| v.to_str().ok())
         .filter(|v| sane(v))
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{}-{}", state.instance(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                state.instance(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )
+        });
     let sandbox = sandbox_of(&req);
     let span = tracing::info_span!(
         "request",
@@ -75,7 +81,9 @@ pub async fn request_span(State(state): State<AppState>, mut req: Request, next:
     m.http_requests
         .with_label_values(&[method.as_str(), &status.to_string()])
         .inc();
-    m.http_seconds.with_label_values(&[method.as_str()]).observe(secs);
+    m.http_seconds
+        .with_label_values(&[method.as_str()])
+        .observe(secs);
     span.in_scope(|| tracing::info!(status, ms = (secs * 1000.0).round() as u64, "answered"));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -97,10 +105,19 @@ mod tests {
 
     #[test]
     fn sandbox_ids_come_from_the_header_or_the_path() {
-        assert_eq!(sandbox_of(&req("/v1/sandboxes/ab12/exec", None)).as_deref(), Some("ab12"));
-        assert_eq!(sandbox_of(&req("/sandboxes/x9", None)).as_deref(), Some("x9"));
+        assert_eq!(
+            sandbox_of(&req("/v1/sandboxes/ab12/exec", None)).as_deref(),
+            Some("ab12")
+        );
+        assert_eq!(
+            sandbox_of(&req("/sandboxes/x9", None)).as_deref(),
+            Some("x9")
+        );
         assert_eq!(sandbox_of(&req("/v2/sandboxes", None)), None);
-        assert_eq!(sandbox_of(&req("/files", Some("s1"))).as_deref(), Some("s1"));
+        assert_eq!(
+            sandbox_of(&req("/files", Some("s1"))).as_deref(),
+            Some("s1")
+        );
         assert!(sane("abc-1") && !sane("a b") && !sane(""));
     }
 }

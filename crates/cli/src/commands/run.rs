@@ -27,7 +27,7 @@ pub struct Args {
     /// Guest kernel (default: newest /boot/vmlinuz-*-cloud-amd64).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// Language image (python, javascript, node, ruby, golang) or none.
+    /// Language image (python, javascript, node, ruby, golang, base) or none.
     #[arg(long, default_value = "none")]
     pub language: String,
     /// Your own squashfs/ext4 root image.

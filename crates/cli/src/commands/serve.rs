@@ -95,8 +95,10 @@ pub async fn run(args: Args, state_dir: Option<PathBuf>) -> anyhow::Result<i32> 
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install the signal handlers; stop the server with SIGKILL");
         return std::future::pending().await;
     };

@@ -18,7 +18,7 @@ use super::lifecycle::Ctl;
 use super::procs::Target;
 use super::routes::{Route, Routes};
 use super::writer::Writer;
-use super::{detach, stdin, Shared};
+use super::{detach, stdin, stdin_close, Shared};
 
 pub struct Params {
     pub window: u64,
@@ -62,7 +62,7 @@ pub async fn run(
         return;
     }
     let from = want.max(start);
-    let takes_input = proc.pty.is_some() || proc.stdin.is_some();
+    let takes_input = proc.pty.is_some() || proc.stdin().is_some();
     let credit = Credit::new(params.window);
     let input_window = req.input_credit.then_some(params.input_window);
     let input = takes_input.then(|| Input::new(input_window));
@@ -98,13 +98,19 @@ pub async fn run(
         Some(_) => stdin::spawn(
             detach::input_fd(&proc),
             Default::default(),
-            input,
+            input.clone(),
             Some((writer.clone(), seq)),
         ),
         None => None,
     };
     tracing::debug!(seq, pid = proc.pid, from, "attached");
-    let ended = follow::follow(Follow {
+    // PROCESS_STDIN_CLOSE ends this attach's input too, so its copy of the
+    // pipe closes and the process reads end of file.
+    let closed = stdin_close::on_close(
+        proc.stdin_closed(),
+        input.clone().filter(|_| proc.pty.is_none()),
+    );
+    let follow = follow::follow(Follow {
         proc,
         from,
         writer: writer.clone(),
@@ -113,8 +119,12 @@ pub async fn run(
         ctl,
         chunk_max: params.chunk_max,
         foreground: false,
-    })
-    .await;
+    });
+    let ended = tokio::select! {
+        biased;
+        ended = follow => ended,
+        never = closed => match never {},
+    };
     if let Some(t) = feed {
         t.abort();
         let _ = t.await;

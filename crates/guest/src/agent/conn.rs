@@ -24,7 +24,7 @@ use super::splice::ConnWrite;
 use super::writer::Writer;
 use super::{
     attach, detach, exec, file_read, file_write, files, liveness, logbuf, oneshot, port,
-    process_ops, pty_session, stats, sysinfo, watch, Shared,
+    process_ops, pty_session, stats, stdin_close, sysinfo, watch, Shared,
 };
 
 /// Default output credit of a streaming exec.
@@ -228,6 +228,9 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         Message::ProcessList(_) => reply(writer, seq, process_ops::list(&cx.shared.procs)).await,
         Message::ProcessKill(k) => {
             reply(writer, seq, process_ops::kill(&cx.shared.procs, &k)).await
+        }
+        Message::ProcessStdinClose(c) => {
+            reply(writer, seq, stdin_close::close(&cx.shared.procs, &c)).await
         }
         Message::Attach(req) => start_attach(req, seq, cx).await,
         Message::Stats(_) => stats::answer(seq, writer.clone()),

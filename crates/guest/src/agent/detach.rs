@@ -84,7 +84,7 @@ pub fn spawn(req: &pb::ExecStart) -> Result<Started, pb::NeverStarted> {
 /// Where a process's input goes: a new descriptor for the pty master or
 /// the stdin pipe (so each writer registers its own with the reactor).
 pub fn input_fd(proc: &Proc) -> Option<OwnedFd> {
-    let fd = proc.pty.as_ref().or(proc.stdin.as_ref())?;
+    let fd = proc.pty.clone().or_else(|| proc.stdin())?;
     match pty::dup(fd.as_ref()) {
         Ok(d) => Some(d),
         Err(e) => {

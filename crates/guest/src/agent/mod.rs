@@ -17,7 +17,8 @@
 //! - PTY and background processes: [`pty`] (the terminal pair),
 //!   [`pty_session`] (foreground pty exec), [`detach`] (background start),
 //!   [`procs`] (the process table and the runner filling each [`ring`]),
-//!   [`follow`] (ring → connection), [`attach`], [`process_ops`] (list, kill).
+//!   [`follow`] (ring → connection), [`attach`], [`process_ops`] (list, kill),
+//!   [`stdin_close`] (closing a background process's stdin).
 //! - [`user`]: `/etc/passwd` parsing and the child's environment.
 //! - [`files`], [`file_read`], [`file_write`]: file requests.
 //! - [`sysinfo`]: the `SYSTEM_INFO` answer.
@@ -62,6 +63,7 @@ mod spawn;
 mod splice;
 mod stats;
 mod stdin;
+mod stdin_close;
 mod sysinfo;
 mod user;
 mod watch;
@@ -257,6 +259,7 @@ fn all_capabilities() -> u64 {
         C::Stats,
         C::Watch,
         C::PortForward,
+        C::ProcessStdinClose,
         C::FileOwner,
     ]
     .into_iter()

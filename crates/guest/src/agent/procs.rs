@@ -67,8 +67,11 @@ pub struct Proc {
     pub started_unix_ms: u64,
     /// The pty master (for resizing; a dup of it takes input).
     pub pty: Option<Arc<OwnedFd>>,
-    /// The write end of its stdin pipe, when it takes input without a pty.
-    pub stdin: Option<Arc<OwnedFd>>,
+    /// The write end of its stdin pipe, when it takes input without a pty;
+    /// `None` once PROCESS_STDIN_CLOSE closed it.
+    stdin: Mutex<Option<Arc<OwnedFd>>>,
+    /// Becomes true when its stdin is closed: attaches drop their copies.
+    stdin_closed: watch::Sender<bool>,
     /// The runner's control: ended by shutdown, or by the foreground
     /// session's connection.
     pub ctl: Arc<Ctl>,
@@ -97,7 +100,8 @@ impl Proc {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             pty,
-            stdin,
+            stdin: Mutex::new(stdin),
+            stdin_closed: watch::channel(false).0,
             ctl: Ctl::new(),
             state: Mutex::new(State {
                 ring: Ring::new(cap),
@@ -112,6 +116,26 @@ impl Proc {
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The write end of its stdin pipe, while it is open.
+    pub fn stdin(&self) -> Option<Arc<OwnedFd>> {
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Closes its stdin pipe (see [`super::stdin_close`]); false when it has
+    /// none open.
+    pub fn close_stdin(&self) -> bool {
+        let had = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if had.is_some() {
+            self.stdin_closed.send_replace(true);
+        }
+        had.is_some()
+    }
+
+    /// Tells when its stdin is closed.
+    pub fn stdin_closed(&self) -> watch::Receiver<bool> {
+        self.stdin_closed.subscribe()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

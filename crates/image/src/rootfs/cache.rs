@@ -49,6 +49,9 @@ pub struct ImageInfo {
     pub env: Vec<(String, String)>,
     /// Command printing `hello world` through the language's runtime.
     pub hello: Vec<String>,
+    /// The user commands run as by default (`None`: root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Whether this entry matches the current recipe for its language.
     #[serde(default)]
     pub current: bool,
@@ -118,6 +121,7 @@ pub fn ensure_recipe(
         pack_ms: stats.pack.as_millis() as u64,
         env: recipe.env.clone(),
         hello: recipe.hello.clone(),
+        user: recipe.user.clone(),
         current: *recipe == Recipe::for_language(recipe.language),
     };
     let sidecar_tmp = work.0.join("sidecar.json");

@@ -13,10 +13,13 @@ pub enum Language {
     Javascript,
     Ruby,
     Golang,
+    /// E2B's `base` template: bash, coreutils, git, python3, sudo and the
+    /// unprivileged default user `user` (uid 1000, passwordless sudo).
+    Base,
 }
 
 /// The names [`Language::from_str`] accepts, as shown to users.
-pub const VALID_NAMES: &str = "python, javascript, node, ruby, golang";
+pub const VALID_NAMES: &str = "python, javascript, node, ruby, golang, base";
 
 /// An unknown language name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,11 +30,12 @@ pub struct UnknownLanguage {
 
 impl Language {
     /// Every image, once each.
-    pub const ALL: [Language; 4] = [
+    pub const ALL: [Language; 5] = [
         Language::Python,
         Language::Javascript,
         Language::Ruby,
         Language::Golang,
+        Language::Base,
     ];
 
     /// The canonical name, used in cache file names and sidecars.
@@ -41,6 +45,7 @@ impl Language {
             Language::Javascript => "javascript",
             Language::Ruby => "ruby",
             Language::Golang => "golang",
+            Language::Base => "base",
         }
     }
 }
@@ -60,6 +65,7 @@ impl FromStr for Language {
             "javascript" | "node" | "nodejs" | "js" => Ok(Language::Javascript),
             "ruby" => Ok(Language::Ruby),
             "golang" | "go" => Ok(Language::Golang),
+            "base" => Ok(Language::Base),
             _ => Err(UnknownLanguage {
                 name: s.to_string(),
             }),
@@ -78,6 +84,7 @@ mod tests {
         assert_eq!("JavaScript".parse(), Ok(Language::Javascript));
         assert_eq!("golang".parse(), Ok(Language::Golang));
         assert_eq!("ruby".parse(), Ok(Language::Ruby));
+        assert_eq!("base".parse(), Ok(Language::Base));
         for l in Language::ALL {
             assert_eq!(l.as_str().parse(), Ok(l));
         }

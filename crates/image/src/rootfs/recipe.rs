@@ -85,7 +85,37 @@ pub struct Recipe {
     /// The command that prints `hello world` through the language's runtime.
     pub hello: Vec<String>,
     pub compression: Compression,
+    /// The user commands run as by default (`None`: root). Left out of the
+    /// hash input when unset, so older recipes hash as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Shell lines appended to the shared customize hook for this recipe
+    /// only (`$R` is the root). Left out of the hash input when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hook_extra: Vec<String>,
 }
+
+/// The default user of the `base` image (E2B's): uid/gid 1000, home
+/// `/home/user`, bash, passwordless sudo.
+pub const BASE_USER: &str = "user";
+
+/// The `base` image's extra customize-hook lines: the user, its home, sudo.
+const BASE_HOOK: &[&str] = &[
+    "grep -q '^user:' \"$R/etc/group\" || echo 'user:x:1000:' >> \"$R/etc/group\"",
+    "grep -q '^user:' \"$R/etc/passwd\" || echo 'user:x:1000:1000::/home/user:/bin/bash' >> \"$R/etc/passwd\"",
+    // pam_unix (sudo's account check) needs a shadow entry for every user.
+    "[ -f \"$R/etc/shadow\" ] || : > \"$R/etc/shadow\"",
+    "cut -d: -f1 \"$R/etc/passwd\" | while read -r u; do grep -q \"^$u:\" \"$R/etc/shadow\" || echo \"$u:*:20000:0:99999:7:::\" >> \"$R/etc/shadow\"; done",
+    "chmod 0640 \"$R/etc/shadow\"",
+    "if grep -q '^shadow:' \"$R/etc/group\"; then chgrp 42 \"$R/etc/shadow\"; fi",
+    "sed -i -e 's/^\\(sudo:[^:]*:27:\\)$/\\1user/' \"$R/etc/group\"",
+    "mkdir -p \"$R/home/user\" \"$R/etc/sudoers.d\"",
+    "if [ -d \"$R/etc/skel\" ]; then cp -a \"$R/etc/skel/.\" \"$R/home/user/\"; fi",
+    "chown -R 1000:1000 \"$R/home/user\"",
+    "chmod 0750 \"$R/home/user\"",
+    "echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > \"$R/etc/sudoers.d/user\"",
+    "chmod 0440 \"$R/etc/sudoers.d/user\"",
+];
 
 /// What is hashed: the recipe, the version and the build scripts.
 #[derive(serde::Serialize)]
@@ -103,7 +133,11 @@ go run hello.go";
 impl Recipe {
     /// The recipe hearth uses for `language`.
     pub fn for_language(language: Language) -> Recipe {
+        if language == Language::Base {
+            return Self::base();
+        }
         let (packages, hello, extra_env): (&[&str], Vec<&str>, &[(&str, &str)]) = match language {
+            Language::Base => unreachable!("handled above"),
             Language::Python => (
                 &["python3"],
                 vec!["python3", "-c", "print(\"hello world\")"],
@@ -149,6 +183,35 @@ impl Recipe {
             env,
             hello: hello.into_iter().map(String::from).collect(),
             compression: Compression::Lz4hc,
+            user: None,
+            hook_extra: Vec::new(),
+        }
+    }
+
+    /// E2B's `base` template. No HOME in its environment: the agent sets
+    /// HOME to the home of the user a command runs as (`/home/user` for the
+    /// default user, `/root` for root).
+    fn base() -> Recipe {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let env = [
+            ("PATH", GUEST_PATH),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C.UTF-8"),
+            ("PYTHONUNBUFFERED", "1"),
+        ];
+        Recipe {
+            language: Language::Base,
+            suite: "bookworm".into(),
+            variant: "essential".into(),
+            packages: s(&["bash", "coreutils", "git", "python3", "sudo", "passwd"])
+                .into_iter()
+                .chain(BASE_PACKAGES.iter().map(|p| p.to_string()))
+                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            hello: s(&["python3", "-c", "print(\"hello world\")"]),
+            compression: Compression::Lz4hc,
+            user: Some(BASE_USER.into()),
+            hook_extra: s(BASE_HOOK),
         }
     }
 
@@ -172,7 +235,12 @@ impl Recipe {
     /// The customize hook script with this recipe's environment filled in.
     pub fn customize_hook(&self) -> String {
         let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        CUSTOMIZE_HOOK.replace("@ENV@", &env.join("\n"))
+        let mut hook = CUSTOMIZE_HOOK.replace("@ENV@", &env.join("\n"));
+        for line in &self.hook_extra {
+            hook.push_str(line);
+            hook.push('\n');
+        }
+        hook
     }
 
     /// The mmdebstrap arguments before the output path (hook path supplied by the caller).
@@ -211,5 +279,34 @@ mod tests {
         let hook = Recipe::for_language(Language::Golang).customize_hook();
         assert!(hook.contains("\nGOCACHE=/tmp/gocache\n"), "{hook}");
         assert!(!hook.contains("@ENV@"));
+        assert!(!hook.contains("sudoers"), "language images get no extra lines");
+    }
+
+    /// The cached images are keyed by this hash: a change here rebuilds every
+    /// python image in every cache (and CI's). New recipe fields must stay
+    /// out of the serialization when unset.
+    #[test]
+    fn python_recipe_hash_is_pinned() {
+        assert_eq!(
+            Recipe::for_language(Language::Python).hash(),
+            "bedcf16bd3aac5bc4c477a69840585efaa3a258a70d7c1fd605612fd38c8a71e"
+        );
+        let canon = String::from_utf8(Recipe::for_language(Language::Python).canonical()).unwrap();
+        assert!(!canon.contains("hook_extra") && !canon.contains("\"user\""), "{canon}");
+    }
+
+    #[test]
+    fn base_recipe_has_the_default_user_and_no_home() {
+        let r = Recipe::for_language(Language::Base);
+        assert_eq!(r.user.as_deref(), Some("user"));
+        for p in ["bash", "coreutils", "git", "python3", "sudo", "ca-certificates"] {
+            assert!(r.packages.iter().any(|x| x == p), "{p}");
+        }
+        assert!(!r.env.iter().any(|(k, _)| k == "HOME"));
+        let hook = r.customize_hook();
+        assert!(hook.contains("user:x:1000:1000::/home/user:/bin/bash"), "{hook}");
+        assert!(hook.contains("NOPASSWD"), "{hook}");
+        assert!(hook.ends_with("\n"));
+        assert_ne!(r.hash(), Recipe::for_language(Language::Python).hash());
     }
 }

@@ -107,7 +107,7 @@ pub fn language_image(language: Language, info: ImageInfo) -> RootImage {
         hash: Some(info.recipe_hash),
         env: info.env,
         hello: info.hello,
-        user: None,
+        user: info.user,
     }
 }
 

@@ -11,6 +11,8 @@
 //!   its deadline ends only the stream.
 //! - `SendInput` / `StreamInput` / `Update` go through one attach per process
 //!   that the gateway keeps for input ([`Registry`]).
+//! - `CloseStdin` closes the process's stdin pipe for good (the agent's
+//!   `PROCESS_STDIN_CLOSE`), so it reads end of file.
 //! - `SendSignal` signals the process group; an unknown or exited process is
 //!   `not_found` (the SDK's `kill` → False). After SIGKILL it answers once the
 //!   process is gone, so a second kill reports False.
@@ -322,7 +324,7 @@ async fn write_input(
     if !input.stdin_open {
         return Err(ConnectError::new(
             Code::FailedPrecondition,
-            format!("process {pid} was started without stdin (start it with stdin=True)"),
+            format!("process {pid} has no open stdin (it was started without stdin=True, or its stdin was closed)"),
         ));
     }
     input
@@ -434,19 +436,41 @@ async fn send_signal(
 
 async fn close_stdin(
     State(state): State<AppState>,
+    Extension(reg): Extension<Registry>,
     caller: Result<Caller, ConnectError>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Unary<pb::CloseStdinResponse>, ConnectError> {
-    let _meta = CallMeta::from_headers(&headers)?;
+    let meta = CallMeta::from_headers(&headers)?;
     let caller = caller?;
     let req: pb::CloseStdinRequest = connect::read_unary(&headers, body).await?;
     let t = map::target(req.process.as_ref())?;
-    running(&state, &caller.sandbox, &t).await?;
-    Err(ConnectError::new(
-        Code::Unimplemented,
-        format!("closing the stdin of a background process ({t}) is not supported by hearth's agent yet"),
-    ))
+    connect::with_deadline(&meta, async {
+        let sb = &caller.sandbox;
+        let agent = sb.agent().await.map_err(|e| fail(&state, sb, e))?;
+        let bit = 1u64 << (hearth_runtime::pb::Capability::ProcessStdinClose as i32 as u32);
+        if agent.ready().capabilities & bit == 0 {
+            return Err(ConnectError::new(
+                Code::Unimplemented,
+                format!(
+                    "the agent of sandbox {} ({}) cannot close a process's stdin; recreate the sandbox with a newer guest",
+                    sb.id(),
+                    agent.ready().agent_version
+                ),
+            ));
+        }
+        let (pid, _) = running(&state, sb, &t).await?;
+        sb.close_process_stdin(&ProcessRef::Pid(pid))
+            .await
+            .map_err(|e| fail(&state, sb, e))?;
+        // Input through the kept attach is refused from now on.
+        if let Some(mut i) = reg.get(sb.id(), pid).and_then(|k| k.input) {
+            i.stdin_open = false;
+            reg.set_input(sb.id(), pid, i);
+        }
+        Ok(Unary(pb::CloseStdinResponse {}))
+    })
+    .await
 }
 
 async fn update(

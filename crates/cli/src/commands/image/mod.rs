@@ -28,7 +28,7 @@ pub enum Cmd {
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
-    /// python, javascript (= node), ruby or golang.
+    /// python, javascript (= node), ruby, golang or base (E2B's base template: bash, git, python3, sudo, default user `user`).
     #[arg(long, conflicts_with = "initramfs")]
     pub language: Option<String>,
     /// Build the boot initramfs (the default without --language).

@@ -9,7 +9,7 @@ use crate::progress::StderrProgress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Language image: python, javascript (= node), ruby, golang; `none` boots
+    /// Language image: python, javascript (= node), ruby, golang, base; `none` boots
     /// the bare initramfs guest. Built on first use.
     #[arg(long, default_value = "none")]
     pub language: String,
