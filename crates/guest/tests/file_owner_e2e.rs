@@ -20,7 +20,7 @@ async fn written_files_get_the_owner() {
     let p = agent.path("owned.txt");
     let owner = pb::FileOwner { uid: 1234, gid: 5678 };
     let n = c
-        .write_file_owned(&p, &mut &b"mine"[..], 0o640, false, Some(owner.clone()))
+        .write_file_owned(&p, &mut &b"mine"[..], 0o640, false, Some(owner))
         .await
         .expect("write_file_owned (the agent must run as root to chown)");
     assert_eq!(n, 4);

@@ -649,12 +649,12 @@ mod tests {
         // FileOwner{uid: 1, gid: 0} as field 6 of FILE_WRITE and 5 of WRITE_FILE.
         let owner = Some(pb::FileOwner { uid: 1, gid: 0 });
         let write = pb::FileWrite {
-            owner: owner.clone(),
+            owner,
             ..Default::default()
         };
         assert_eq!(write.encode_to_vec(), [6 << 3 | 2, 2, 1 << 3, 1]);
         let whole = pb::WriteFile {
-            owner: owner.clone(),
+            owner,
             ..Default::default()
         };
         assert_eq!(whole.encode_to_vec(), [5 << 3 | 2, 2, 1 << 3, 1]);

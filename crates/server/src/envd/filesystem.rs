@@ -296,7 +296,7 @@ pub(super) async fn open_watch(
         .sandbox
         .watch(&root, req.recursive)
         .await
-        .map_err(|e| c.err(&s, e))?;
+        .map_err(|e| c.err(s, e))?;
     let spec = WatchSpec {
         root,
         include_entry: req.include_entry,
