@@ -18,7 +18,10 @@ async fn written_files_get_the_owner() {
         "the agent announces CAPABILITY_FILE_OWNER"
     );
     let p = agent.path("owned.txt");
-    let owner = pb::FileOwner { uid: 1234, gid: 5678 };
+    let owner = pb::FileOwner {
+        uid: 1234,
+        gid: 5678,
+    };
     let n = c
         .write_file_owned(&p, &mut &b"mine"[..], 0o640, false, Some(owner))
         .await
@@ -27,9 +30,15 @@ async fn written_files_get_the_owner() {
     let m = std::fs::metadata(&p).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 5678, 0o640));
     // An overwrite gets the owner again (it is a new file, renamed over).
-    c.write_file_owned(&p, &mut &b"again"[..], 0, false, Some(pb::FileOwner { uid: 7, gid: 8 }))
-        .await
-        .unwrap();
+    c.write_file_owned(
+        &p,
+        &mut &b"again"[..],
+        0,
+        false,
+        Some(pb::FileOwner { uid: 7, gid: 8 }),
+    )
+    .await
+    .unwrap();
     let m = std::fs::metadata(&p).unwrap();
     assert_eq!((m.uid(), m.gid()), (7, 8));
     assert_eq!(std::fs::read(&p).unwrap(), b"again");
@@ -45,15 +54,33 @@ async fn an_owner_of_minus_one_is_refused_and_the_agent_goes_on() {
     let c = agent.client().await;
     let p = agent.path("bad.txt");
     let err = c
-        .write_file_owned(&p, &mut &b"x"[..], 0, false, Some(pb::FileOwner { uid: u32::MAX, gid: 0 }))
+        .write_file_owned(
+            &p,
+            &mut &b"x"[..],
+            0,
+            false,
+            Some(pb::FileOwner {
+                uid: u32::MAX,
+                gid: 0,
+            }),
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.remote_code(), Some(pb::ErrorCode::InvalidArgument), "{err}");
+    assert_eq!(
+        err.remote_code(),
+        Some(pb::ErrorCode::InvalidArgument),
+        "{err}"
+    );
     assert!(err.to_string().contains("4294967295"), "{err}");
     assert!(!std::path::Path::new(&p).exists());
     // Nothing left behind, and the connection still serves.
-    let names: Vec<_> = std::fs::read_dir(agent.path("")).unwrap().flatten().collect();
-    assert!(names.iter().all(|e| !e.file_name().to_string_lossy().contains("hearth-tmp")));
+    let names: Vec<_> = std::fs::read_dir(agent.path(""))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(names
+        .iter()
+        .all(|e| !e.file_name().to_string_lossy().contains("hearth-tmp")));
     c.write_file(&p, &mut &b"ok"[..], 0, false).await.unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), b"ok");
 }

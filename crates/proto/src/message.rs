@@ -610,12 +610,18 @@ mod tests {
             }),
             Message::FileWrite(pb::FileWrite {
                 path: "/f".into(),
-                owner: Some(pb::FileOwner { uid: u32::MAX, gid: 0 }),
+                owner: Some(pb::FileOwner {
+                    uid: u32::MAX,
+                    gid: 0,
+                }),
                 ..Default::default()
             }),
             Message::WriteFile(pb::WriteFile {
                 path: "/f".into(),
-                owner: Some(pb::FileOwner { uid: 1000, gid: u32::MAX }),
+                owner: Some(pb::FileOwner {
+                    uid: 1000,
+                    gid: u32::MAX,
+                }),
                 ..Default::default()
             }),
         ];

@@ -31,7 +31,10 @@ impl Sandbox {
     /// (CAPABILITY_FILE_OWNER); without it, use [`Sandbox::chown`].
     pub async fn sets_file_owner(&self) -> Result<bool> {
         let caps = self.agent().await?.ready().capabilities;
-        Ok(hearth_proto::has_capability(caps, crate::pb::Capability::FileOwner))
+        Ok(hearth_proto::has_capability(
+            caps,
+            crate::pb::Capability::FileOwner,
+        ))
     }
 
     /// [`Sandbox::write_file`], the file owned by `uid`:`gid` from the start
@@ -46,7 +49,11 @@ impl Sandbox {
     ) -> Result<u64> {
         let owner = Some(crate::pb::FileOwner { uid, gid });
         let agent = self.agent().await?;
-        match agent.client().write_file_owned(path, r, mode, false, owner).await {
+        match agent
+            .client()
+            .write_file_owned(path, r, mode, false, owner)
+            .await
+        {
             Ok(n) => Ok(n),
             Err(e) => {
                 let e = Error::agent(format!("{}: cannot write :{path}", agent.label()), e);

@@ -49,7 +49,10 @@ async fn pending_creates(state: &AppState) -> hearth_runtime::Result<bool> {
 
 /// Removes every expired sandbox once (those still being created on a later
 /// pass, once they booted or failed).
-pub async fn reap_once(state: &AppState, progress: &SharedProgress) -> hearth_runtime::Result<usize> {
+pub async fn reap_once(
+    state: &AppState,
+    progress: &SharedProgress,
+) -> hearth_runtime::Result<usize> {
     let expired = state.runtime().expired(SystemTime::now()).await?;
     let mut n = 0;
     for rec in expired {

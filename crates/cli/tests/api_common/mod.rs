@@ -29,7 +29,13 @@ impl Server {
             Ok(t) => t.trim().to_string(),
             Err(_) => {
                 let t = env
-                    .ok(&["serve", "token", "create", "--token-file", tok_file.to_str().unwrap()])
+                    .ok(&[
+                        "serve",
+                        "token",
+                        "create",
+                        "--token-file",
+                        tok_file.to_str().unwrap(),
+                    ])
                     .trim()
                     .to_string();
                 assert!(t.starts_with("hearth_"), "token create printed {t:?}");
@@ -37,7 +43,9 @@ impl Server {
                 t
             }
         };
-        let stderr_log = env.state().join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
+        let stderr_log = env
+            .state()
+            .join(format!("serve-{}.log", Instant::now().elapsed().as_nanos()));
         let mut child = env
             .cmd(&[
                 "serve",
@@ -123,7 +131,12 @@ impl Server {
 
     /// `curl` with the API token; returns (status, body).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
-        let mut args = vec!["-X".to_string(), method.to_string(), "-H".into(), self.auth()];
+        let mut args = vec![
+            "-X".to_string(),
+            method.to_string(),
+            "-H".into(),
+            self.auth(),
+        ];
         if let Some(b) = body {
             args.extend(["-H".into(), "content-type: application/json".into()]);
             args.extend(["--data-binary".into(), b.to_string()]);
@@ -143,8 +156,12 @@ impl Server {
         if b.is_empty() {
             return Value::Null;
         }
-        serde_json::from_slice(&b)
-            .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {}", String::from_utf8_lossy(&b)))
+        serde_json::from_slice(&b).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&b)
+            )
+        })
     }
 
     /// Asserts an error answer: the status and the JSON error body.
@@ -163,7 +180,12 @@ impl Server {
             c.arg(e);
         }
         if let Some(b) = body {
-            c.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);
+            c.args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &b.to_string(),
+            ]);
         }
         c.arg(self.url(path));
         let mut child = c
@@ -222,13 +244,12 @@ impl Sse {
         let t0 = Instant::now();
         let mut all = Vec::new();
         loop {
-            let left = timeout.checked_sub(t0.elapsed()).unwrap_or_else(|| {
-                panic!("no {name:?} event within {timeout:?}; got {all:?}")
+            let left = timeout
+                .checked_sub(t0.elapsed())
+                .unwrap_or_else(|| panic!("no {name:?} event within {timeout:?}; got {all:?}"));
+            let ev = self.rx.recv_timeout(left).unwrap_or_else(|e| {
+                panic!("no {name:?} event within {timeout:?} ({e}); got {all:?}")
             });
-            let ev = self
-                .rx
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("no {name:?} event within {timeout:?} ({e}); got {all:?}"));
             let done = ev.0 == name;
             all.push(ev);
             if done {
@@ -259,11 +280,19 @@ pub fn curl(args: &[String], url: &str) -> (u16, Vec<u8>) {
         .output()
         .expect("curl is needed for the REST tests (apt-get install curl)");
     let mut b = out.stdout;
-    let pos = b.iter().rposition(|&c| c == b'\n').expect("curl printed the status");
+    let pos = b
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .expect("curl printed the status");
     let code: u16 = String::from_utf8_lossy(&b[pos + 1..])
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("curl {args:?} {url}: no status ({})", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|_| {
+            panic!(
+                "curl {args:?} {url}: no status ({})",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     b.truncate(pos);
     (code, b)
 }

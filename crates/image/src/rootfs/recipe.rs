@@ -207,7 +207,10 @@ impl Recipe {
                 .into_iter()
                 .chain(BASE_PACKAGES.iter().map(|p| p.to_string()))
                 .collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             hello: s(&["python3", "-c", "print(\"hello world\")"]),
             compression: Compression::Lz4hc,
             user: Some(BASE_USER.into()),
@@ -279,7 +282,10 @@ mod tests {
         let hook = Recipe::for_language(Language::Golang).customize_hook();
         assert!(hook.contains("\nGOCACHE=/tmp/gocache\n"), "{hook}");
         assert!(!hook.contains("@ENV@"));
-        assert!(!hook.contains("sudoers"), "language images get no extra lines");
+        assert!(
+            !hook.contains("sudoers"),
+            "language images get no extra lines"
+        );
     }
 
     /// The cached images are keyed by this hash: a change here rebuilds every
@@ -292,19 +298,32 @@ mod tests {
             "bedcf16bd3aac5bc4c477a69840585efaa3a258a70d7c1fd605612fd38c8a71e"
         );
         let canon = String::from_utf8(Recipe::for_language(Language::Python).canonical()).unwrap();
-        assert!(!canon.contains("hook_extra") && !canon.contains("\"user\""), "{canon}");
+        assert!(
+            !canon.contains("hook_extra") && !canon.contains("\"user\""),
+            "{canon}"
+        );
     }
 
     #[test]
     fn base_recipe_has_the_default_user_and_no_home() {
         let r = Recipe::for_language(Language::Base);
         assert_eq!(r.user.as_deref(), Some("user"));
-        for p in ["bash", "coreutils", "git", "python3", "sudo", "ca-certificates"] {
+        for p in [
+            "bash",
+            "coreutils",
+            "git",
+            "python3",
+            "sudo",
+            "ca-certificates",
+        ] {
             assert!(r.packages.iter().any(|x| x == p), "{p}");
         }
         assert!(!r.env.iter().any(|(k, _)| k == "HOME"));
         let hook = r.customize_hook();
-        assert!(hook.contains("user:x:1000:1000::/home/user:/bin/bash"), "{hook}");
+        assert!(
+            hook.contains("user:x:1000:1000::/home/user:/bin/bash"),
+            "{hook}"
+        );
         assert!(hook.contains("NOPASSWD"), "{hook}");
         assert!(hook.ends_with("\n"));
         assert_ne!(r.hash(), Recipe::for_language(Language::Python).hash());

@@ -64,7 +64,11 @@ impl Cursor {
     }
 
     pub fn parse(token: &str) -> Result<Cursor, ApiError> {
-        let bad = || ApiError::bad_request(format!("invalid nextToken {token:?}: not a token this server issued"));
+        let bad = || {
+            ApiError::bad_request(format!(
+                "invalid nextToken {token:?}: not a token this server issued"
+            ))
+        };
         let raw = hex::decode(token).map_err(|_| bad())?;
         let text = String::from_utf8(raw).map_err(|_| bad())?;
         let mut parts = text.split('\n');
@@ -74,7 +78,11 @@ impl Cursor {
             return Err(bad());
         };
         let created_ms = ms.parse().map_err(|_| bad())?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
             return Err(bad());
         }
         Ok(Cursor {
@@ -151,7 +159,9 @@ pub fn parse_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
                     .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit {v:?} is out of range (1..={MAX_LIMIT})"))
+                        ApiError::bad_request(format!(
+                            "limit {v:?} is out of range (1..={MAX_LIMIT})"
+                        ))
                     })?
             }
             "nextToken" if !v.is_empty() => q.after = Some(Cursor::parse(&v)?),
@@ -171,11 +181,15 @@ pub fn page<'a>(records: &'a [VmRecord], q: &ListQuery) -> (Vec<&'a VmRecord>, O
     let mut v: Vec<&VmRecord> = records
         .iter()
         .filter(|r| wants_running && r.status == VmStatus::Running)
-        .filter(|r| q.metadata.iter().all(|(k, val)| r.metadata.get(k) == Some(val)))
         .filter(|r| {
-            q.template
-                .as_deref()
-                .is_none_or(|t| super::templates::resolve(t).is_ok_and(|t| t.language == r.language))
+            q.metadata
+                .iter()
+                .all(|(k, val)| r.metadata.get(k) == Some(val))
+        })
+        .filter(|r| {
+            q.template.as_deref().is_none_or(|t| {
+                super::templates::resolve(t).is_ok_and(|t| t.language == r.language)
+            })
         })
         .filter(|r| q.started_after_ms.is_none_or(|t| created_ms(r) > t))
         .collect();
@@ -186,7 +200,13 @@ pub fn page<'a>(records: &'a [VmRecord], q: &ListQuery) -> (Vec<&'a VmRecord>, O
     }
     if let Some(c) = &q.after {
         let ck = (c.created_ms, c.id.clone());
-        v.retain(|r| if q.descending { key(r) < ck } else { key(r) > ck });
+        v.retain(|r| {
+            if q.descending {
+                key(r) < ck
+            } else {
+                key(r) > ck
+            }
+        });
     }
     let more = v.len() > q.limit;
     v.truncate(q.limit);
@@ -217,7 +237,10 @@ pub async fn list(
             headers.insert("x-next-token", v);
         }
     }
-    let body = items.into_iter().map(|r| detail(&state, r, false)).collect();
+    let body = items
+        .into_iter()
+        .map(|r| detail(&state, r, false))
+        .collect();
     Ok((headers, Json(body)))
 }
 
@@ -276,7 +299,10 @@ mod tests {
             "cpus": 1, "mem_mib": 512, "language": "base", "initrd": "/i", "kernel": "/k", "dir": "/d",
         }))
         .unwrap();
-        r.metadata = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        r.metadata = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         r
     }
 
@@ -291,7 +317,10 @@ mod tests {
         ];
         let mut q = parse_query(Some("metadata=t%3Dx&limit=2")).unwrap();
         let (p1, next) = page(&recs, &q);
-        assert_eq!(p1.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(
+            p1.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b", "a"]
+        );
         let next = next.expect("a second page");
         q.after = Some(Cursor::parse(&next.token()).unwrap());
         let (p2, next) = page(&recs, &q);
@@ -300,7 +329,10 @@ mod tests {
 
         let q = parse_query(Some("order=desc")).unwrap();
         let (all, _) = page(&recs, &q);
-        assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["c", "a", "b", "e"]);
+        assert_eq!(
+            all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["c", "a", "b", "e"]
+        );
         let q = parse_query(Some("state=paused")).unwrap();
         assert!(page(&recs, &q).0.is_empty());
         let q = parse_query(Some("template=python")).unwrap();

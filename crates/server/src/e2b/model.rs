@@ -134,7 +134,10 @@ pub struct SandboxDetail {
     /// Always `running`: E2B knows only running and paused, and stopped or
     /// failed hearth sandboxes are not shown to E2B clients.
     pub state: String,
-    #[serde(rename = "allowInternetAccess", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "allowInternetAccess",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_internet_access: Option<bool>,
 }
 
@@ -165,7 +168,10 @@ pub fn rfc3339_ms(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
@@ -202,7 +208,10 @@ mod tests {
         let s = rfc3339_ms(1_764_600_000_123);
         assert_eq!(s, "2025-12-01T14:40:00.123Z");
         assert_eq!(parse_rfc3339_ms(&s), Some(1_764_600_000_123));
-        assert_eq!(parse_rfc3339_ms("2025-12-01T15:40:00.123+01:00"), Some(1_764_600_000_123));
+        assert_eq!(
+            parse_rfc3339_ms("2025-12-01T15:40:00.123+01:00"),
+            Some(1_764_600_000_123)
+        );
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 

@@ -62,7 +62,9 @@ pub fn sandbox_out(state: &AppState, r: &VmRecord) -> SandboxOut {
 pub fn detail(state: &AppState, r: &VmRecord, with_secrets: bool) -> SandboxDetail {
     let started = r.created_at.saturating_mul(1000);
     let end = r.deadline_ms.unwrap_or_else(|| {
-        started.saturating_add(millis(SystemTime::UNIX_EPOCH + state.settings().max_timeout))
+        started.saturating_add(millis(
+            SystemTime::UNIX_EPOCH + state.settings().max_timeout,
+        ))
     });
     SandboxDetail {
         template_id: templates::template_of(&r.language).to_string(),
@@ -108,13 +110,19 @@ pub async fn create(
             .is_some_and(|a| !a.is_empty())
     });
     if body.auto_pause == Some(true) {
-        tracing::info!("autoPause requested: hearth has no pause yet; the sandbox is removed at its timeout");
+        tracing::info!(
+            "autoPause requested: hearth has no pause yet; the sandbox is removed at its timeout"
+        );
     }
     let spec = CreateSpec {
         language: Some(tpl.language.into()),
         cpus: tpl.cpus,
         mem_mib: tpl.mem_mib,
-        network: if wants_net { Network::AllowAll } else { Network::None },
+        network: if wants_net {
+            Network::AllowAll
+        } else {
+            Network::None
+        },
         env: body.env_vars.unwrap_or_default().into_iter().collect(),
         metadata: body.metadata.unwrap_or_default(),
         lifetime: Some(life),
@@ -133,11 +141,19 @@ pub async fn create(
     let secs = t0.elapsed().as_secs_f64();
     let sb = match res {
         Ok(sb) => {
-            state.metrics().create_seconds.with_label_values(&["ok"]).observe(secs);
+            state
+                .metrics()
+                .create_seconds
+                .with_label_values(&["ok"])
+                .observe(secs);
             sb
         }
         Err(e) => {
-            state.metrics().create_seconds.with_label_values(&["error"]).observe(secs);
+            state
+                .metrics()
+                .create_seconds
+                .with_label_values(&["error"])
+                .observe(secs);
             if matches!(e, Error::Died { .. } | Error::Vmm(_) | Error::Agent { .. }) {
                 state.metrics().boot_failures.inc();
             }

@@ -25,9 +25,9 @@ pub struct Template {
 pub fn resolve(name: &str) -> ApiResult<Template> {
     let lang = match name.trim().to_ascii_lowercase().as_str() {
         "base" => Some("base"),
-        "python" | "javascript" | "node" | "ruby" | "golang" => parse_language(name)
-            .ok()
-            .map(|l| l.as_str()),
+        "python" | "javascript" | "node" | "ruby" | "golang" => {
+            parse_language(name).ok().map(|l| l.as_str())
+        }
         _ => None,
     };
     match lang {

@@ -40,7 +40,6 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use connect::ConnectError;
 
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))

@@ -8,8 +8,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -88,7 +88,9 @@ impl ExecRequest {
                 )));
             }
             if let Some(k) = env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
-                return Err(ApiError::bad_request(format!("env: value of {k:?} contains NUL")));
+                return Err(ApiError::bad_request(format!(
+                    "env: value of {k:?} contains NUL"
+                )));
             }
             spec.env = env.clone().into_iter().collect();
         }
@@ -97,7 +99,9 @@ impl ExecRequest {
         }
         if let Some(u) = &self.user {
             if u.is_empty() || u.contains(['\0', ':', '/']) {
-                return Err(ApiError::bad_request(format!("user: {u:?} is not a user name")));
+                return Err(ApiError::bad_request(format!(
+                    "user: {u:?} is not a user name"
+                )));
             }
             spec.user = Some(u.clone());
         }
@@ -239,7 +243,9 @@ impl ExecRegistry {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "resource_exhausted",
-                format!("{MAX_LIVE_EXECS} streaming execs are running already; wait for one to end"),
+                format!(
+                    "{MAX_LIVE_EXECS} streaming execs are running already; wait for one to end"
+                ),
             ));
         }
         map.insert(
@@ -396,7 +402,11 @@ async fn pump(
                 return;
             }
             Ok(None) => {
-                let e = ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", "the exec ended without an exit status");
+                let e = ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "agent_error",
+                    "the exec ended without an exit status",
+                );
                 let _ = tx.send(ExecEvent::Error(e.body())).await;
                 return;
             }
@@ -440,9 +450,13 @@ pub async fn exec_stream(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(pump(state.clone(), s, st, reg, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev.sse()), rx))
+        rx.recv()
+            .await
+            .map(|ev| (Ok::<_, Infallible>(ev.sse()), rx))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -509,7 +523,10 @@ pub async fn exec_ws(
 ) -> ApiResult<Response> {
     let s = state.sandbox(&id).await?;
     let ws = ws.map_err(|e| {
-        ApiError::bad_request(format!("exec/ws needs a WebSocket upgrade: {}", e.body_text()))
+        ApiError::bad_request(format!(
+            "exec/ws needs a WebSocket upgrade: {}",
+            e.body_text()
+        ))
     })?;
     Ok(ws
         .max_message_size(super::extract::JSON_LIMIT)
@@ -521,14 +538,21 @@ struct WsControl {
     eof: bool,
 }
 
-async fn ws_session(state: AppState, registry: Arc<ExecRegistry>, s: Arc<Sandbox>, mut ws: WebSocket) {
+async fn ws_session(
+    state: AppState,
+    registry: Arc<ExecRegistry>,
+    s: Arc<Sandbox>,
+    mut ws: WebSocket,
+) {
     let send = |ev: ExecEvent| Message::Text(ev.json().into());
     let fail = |e: ApiError| Message::Text(ExecEvent::Error(e.body()).json().into());
     // The first message: the exec request.
     let req = match ws.recv().await {
         Some(Ok(Message::Text(t))) => serde_json::from_str::<ExecRequest>(t.as_str())
             .map_err(|e| ApiError::bad_request(format!("bad exec request: {e}"))),
-        Some(Ok(_)) => Err(ApiError::bad_request("the first message must be a text ExecRequest (JSON)")),
+        Some(Ok(_)) => Err(ApiError::bad_request(
+            "the first message must be a text ExecRequest (JSON)",
+        )),
         _ => return,
     };
     let spec = match req.and_then(|r| r.to_spec(true)) {
@@ -614,7 +638,9 @@ mod tests {
         assert_eq!(s.stdin, b"ab");
         assert_eq!(s.timeout, Some(Duration::from_secs(2)));
         assert!(!s.stdin_open);
-        let s = req(serde_json::json!({"argv": ["cat"], "stdin_open": true})).to_spec(true).unwrap();
+        let s = req(serde_json::json!({"argv": ["cat"], "stdin_open": true}))
+            .to_spec(true)
+            .unwrap();
         assert!(s.stdin_open);
         for (bad, field) in [
             (serde_json::json!({}), "argv or cmd"),
@@ -622,14 +648,26 @@ mod tests {
             (serde_json::json!({"cmd": "x", "env": {"A=B": "1"}}), "env"),
             (serde_json::json!({"cmd": "x", "cwd": "tmp"}), "cwd"),
             (serde_json::json!({"cmd": "x", "user": "a:b"}), "user"),
-            (serde_json::json!({"cmd": "x", "stdin_base64": "!!"}), "stdin_base64"),
-            (serde_json::json!({"cmd": "x", "timeout_secs": 0}), "timeout_secs"),
+            (
+                serde_json::json!({"cmd": "x", "stdin_base64": "!!"}),
+                "stdin_base64",
+            ),
+            (
+                serde_json::json!({"cmd": "x", "timeout_secs": 0}),
+                "timeout_secs",
+            ),
         ] {
             let e = req(bad.clone()).to_spec(true).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
             assert!(e.message.starts_with(field), "{bad}: {}", e.message);
         }
-        assert!(serde_json::from_value::<ExecRequest>(serde_json::json!({"cmd": "x", "timeout_secs": 1.5})).is_err());
-        assert!(serde_json::from_value::<ExecRequest>(serde_json::json!({"cmd": "x", "nope": 1})).is_err());
+        assert!(serde_json::from_value::<ExecRequest>(
+            serde_json::json!({"cmd": "x", "timeout_secs": 1.5})
+        )
+        .is_err());
+        assert!(
+            serde_json::from_value::<ExecRequest>(serde_json::json!({"cmd": "x", "nope": 1}))
+                .is_err()
+        );
     }
 }

@@ -71,7 +71,10 @@ where
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
                 format!("bad query string: {}", e.body_text()),
             )),
-            Err(e) => Err(ApiError::bad_request(format!("bad query string: {}", e.body_text()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "bad query string: {}",
+                e.body_text()
+            ))),
         }
     }
 }
@@ -89,10 +92,13 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Path(v)),
-            Err(e @ PathRejection::FailedToDeserializePathParams(_)) => {
-                Err(ApiError::bad_request(format!("bad path: {}", e.body_text())))
-            }
-            Err(e) => Err(ApiError::internal(format!("path parameters: {}", e.body_text()))),
+            Err(e @ PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::bad_request(
+                format!("bad path: {}", e.body_text()),
+            )),
+            Err(e) => Err(ApiError::internal(format!(
+                "path parameters: {}",
+                e.body_text()
+            ))),
         }
     }
 }

@@ -227,7 +227,10 @@ pub async fn upload(
     let mode = parse_mode("mode", q.mode.as_deref(), 0o644)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut reader = tokio_util::io::StreamReader::new(stream);
-    let bytes = on(&state, &id, async |s| s.write_file(&path, &mut reader, mode).await).await?;
+    let bytes = on(&state, &id, async |s| {
+        s.write_file(&path, &mut reader, mode).await
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(Written { path, bytes })))
 }
 
@@ -295,7 +298,10 @@ pub async fn mkdir(
 ) -> ApiResult<StatusCode> {
     let path = guest_path("path", &req.path)?;
     let mode = parse_mode("mode", req.mode.as_deref(), 0o755)?;
-    on(&state, &id, async |s| s.mkdir(&path, mode, req.parents).await).await?;
+    on(&state, &id, async |s| {
+        s.mkdir(&path, mode, req.parents).await
+    })
+    .await?;
     Ok(StatusCode::CREATED)
 }
 

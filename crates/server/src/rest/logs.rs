@@ -37,7 +37,10 @@ pub struct LogsQuery {
     #[param(minimum = 1, maximum = 100000)]
     pub tail: Option<u32>,
     /// A duration back from now (`90s`, `15m`, `2h`, `1d`) or an RFC 3339 time.
-    #[param(max_length = 40, pattern = "^(([0-9]+\\.?[0-9]*|\\.[0-9]+)(ms|s|m|h|d)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$")]
+    #[param(
+        max_length = 40,
+        pattern = "^(([0-9]+\\.?[0-9]*|\\.[0-9]+)(ms|s|m|h|d)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     pub since: Option<String>,
     /// Include each line's time (default true).
     pub timestamps: Option<bool>,
@@ -66,7 +69,10 @@ fn view(lines: Vec<LogLine>, stamps: bool) -> Vec<LogLineView> {
     lines
         .into_iter()
         .map(|l| LogLineView {
-            at: l.at_ms.filter(|_| stamps).map(|ms| rfc3339_ms(u64::try_from(ms).unwrap_or(0))),
+            at: l
+                .at_ms
+                .filter(|_| stamps)
+                .map(|ms| rfc3339_ms(u64::try_from(ms).unwrap_or(0))),
             level: l.level,
             text: l.text,
         })
@@ -106,7 +112,9 @@ pub async fn logs(
         None => None,
     };
     if let Some(t) = q.tail.filter(|t| !(1..=100_000).contains(t)) {
-        return Err(ApiError::bad_request(format!("tail: {t} is out of range (1..=100000)")));
+        return Err(ApiError::bad_request(format!(
+            "tail: {t} is out of range (1..=100000)"
+        )));
     }
     if q.since.as_ref().is_some_and(|s| s.len() > 40) {
         return Err(ApiError::bad_request("since: longer than 40 characters"));
@@ -123,7 +131,10 @@ pub async fn logs(
         LogSource::Agent => state.sandbox(&id).await?,
     };
     if !q.follow {
-        let lines = s.log(source, query).await.inspect_err(|e| state.forget_if_gone(s.id(), e))?;
+        let lines = s
+            .log(source, query)
+            .await
+            .inspect_err(|e| state.forget_if_gone(s.id(), e))?;
         return Ok(axum::Json(LogLines {
             lines: view(lines, stamps),
             dropped: 0,
@@ -143,7 +154,13 @@ pub async fn logs(
     let shutdown = state.shutdown().clone();
     tokio::spawn(async move {
         if !first.is_empty() {
-            let ev = sse_json("lines", &LogLines { lines: view(first, stamps), dropped: 0 });
+            let ev = sse_json(
+                "lines",
+                &LogLines {
+                    lines: view(first, stamps),
+                    dropped: 0,
+                },
+            );
             if tx.send(ev).await.is_err() {
                 return;
             }
@@ -156,8 +173,20 @@ pub async fn logs(
             };
             let out = match ev {
                 None => return,
-                Some(Ok(LogEvent::Lines(l))) => sse_json("lines", &LogLines { lines: view(l, stamps), dropped: 0 }),
-                Some(Ok(LogEvent::Dropped(n))) => sse_json("lines", &LogLines { lines: Vec::new(), dropped: n }),
+                Some(Ok(LogEvent::Lines(l))) => sse_json(
+                    "lines",
+                    &LogLines {
+                        lines: view(l, stamps),
+                        dropped: 0,
+                    },
+                ),
+                Some(Ok(LogEvent::Dropped(n))) => sse_json(
+                    "lines",
+                    &LogLines {
+                        lines: Vec::new(),
+                        dropped: n,
+                    },
+                ),
                 Some(Err(e)) => sse_json("error", &ApiError::from(e).body()),
             };
             if tx.send(out).await.is_err() {
@@ -169,5 +198,7 @@ pub async fn logs(
         rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
     });
     let _ = StatusCode::OK;
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

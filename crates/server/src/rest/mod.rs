@@ -31,7 +31,10 @@ pub mod stats;
 pub fn router() -> Router<AppState> {
     let sb = "/v1/sandboxes/{id}";
     Router::new()
-        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route(
+            "/v1/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
         .route(sb, get(sandboxes::get_one).delete(sandboxes::delete))
         .route(&format!("{sb}/timeout"), post(sandboxes::timeout))
         .route(&format!("{sb}/stop"), post(sandboxes::stop))
@@ -42,7 +45,9 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{sb}/execs/{{exec_id}}/stdin"), post(exec::stdin))
         .route(
             &format!("{sb}/files"),
-            get(files::download).put(files::upload).delete(files::remove),
+            get(files::download)
+                .put(files::upload)
+                .delete(files::remove),
         )
         .route(&format!("{sb}/files/list"), get(files::list))
         .route(&format!("{sb}/files/stat"), get(files::stat))
@@ -52,8 +57,14 @@ pub fn router() -> Router<AppState> {
             &format!("{sb}/processes"),
             get(processes::list).post(processes::start),
         )
-        .route(&format!("{sb}/processes/{{pid_or_tag}}/attach"), get(processes::attach))
-        .route(&format!("{sb}/processes/{{pid_or_tag}}/kill"), post(processes::kill))
+        .route(
+            &format!("{sb}/processes/{{pid_or_tag}}/attach"),
+            get(processes::attach),
+        )
+        .route(
+            &format!("{sb}/processes/{{pid_or_tag}}/kill"),
+            post(processes::kill),
+        )
         .route(&format!("{sb}/stats"), get(stats::stats))
         .route(&format!("{sb}/logs"), get(logs::logs))
         .layer(DefaultBodyLimit::max(extract::JSON_LIMIT))

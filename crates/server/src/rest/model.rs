@@ -96,10 +96,7 @@ pub fn rfc3339_ms(ms: u64) -> String {
 pub fn text_and_b64(b: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(b) {
         Ok(s) => (s.to_string(), None),
-        Err(_) => (
-            String::from_utf8_lossy(b).into_owned(),
-            Some(b64(b)),
-        ),
+        Err(_) => (String::from_utf8_lossy(b).into_owned(), Some(b64(b))),
     }
 }
 
@@ -121,7 +118,9 @@ pub fn guest_path(field: &str, p: &str) -> Result<String, ApiError> {
         )));
     }
     if p.contains('\0') {
-        return Err(ApiError::bad_request(format!("{field}: {p:?} contains NUL")));
+        return Err(ApiError::bad_request(format!(
+            "{field}: {p:?} contains NUL"
+        )));
     }
     Ok(p.to_string())
 }

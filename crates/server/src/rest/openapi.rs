@@ -1,7 +1,7 @@
 //! The OpenAPI 3 document of `/v1`, generated from the handlers' annotations.
 
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use serde_json::json;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{exec, files, logs, processes, sandboxes, stats};
@@ -112,7 +112,8 @@ fn exec_schema(streaming: bool) -> serde_json::Value {
 }
 
 /// Canonical standard base64 (padded, zero trailing bits).
-const B64: &str = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+const B64: &str =
+    "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
 
 pub async fn serve() -> axum::Json<serde_json::Value> {
     axum::Json(document_json())
@@ -129,15 +130,23 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             assert!(path.starts_with("/v1/"), "{path}");
             for (method, op) in item.as_object().unwrap() {
-                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
                 ids.push(id.to_string());
                 let r = op["responses"].as_object().unwrap();
                 assert!(r.contains_key("401"), "{method} {path}: 401 undocumented");
-                assert!(r.keys().any(|k| k.starts_with('2') || k == "101"), "{method} {path}: no success");
+                assert!(
+                    r.keys().any(|k| k.starts_with('2') || k == "101"),
+                    "{method} {path}: no success"
+                );
                 for (code, resp) in r {
                     if code.starts_with('4') || code.starts_with('5') {
                         let s = &resp["content"]["application/json"]["schema"]["$ref"];
-                        assert_eq!(s, "#/components/schemas/ErrorBody", "{method} {path} {code}");
+                        assert_eq!(
+                            s, "#/components/schemas/ErrorBody",
+                            "{method} {path} {code}"
+                        );
                     }
                 }
             }
@@ -154,7 +163,10 @@ mod tests {
         let text = doc.to_string();
         for part in text.split("\"#/components/schemas/").skip(1) {
             let name = &part[..part.find('"').unwrap()];
-            assert!(doc["components"]["schemas"][name].is_object(), "unresolved {name}");
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "unresolved {name}"
+            );
         }
     }
 

@@ -113,7 +113,10 @@ pub async fn list(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Vec<ProcessView>>> {
     let s = state.sandbox(&id).await?;
-    let v = s.processes().await.inspect_err(|e| state.forget_if_gone(s.id(), e))?;
+    let v = s
+        .processes()
+        .await
+        .inspect_err(|e| state.forget_if_gone(s.id(), e))?;
     Ok(axum::Json(v.iter().map(ProcessView::from).collect()))
 }
 
@@ -149,7 +152,8 @@ pub async fn start(
     .to_spec(false)?;
     if let Some(t) = &req.tag {
         let ok = (1..=64).contains(&t.len())
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && !t.bytes().all(|b| b.is_ascii_digit());
         if !ok {
             return Err(ApiError::bad_request(format!(
@@ -182,7 +186,10 @@ pub async fn start(
             return Err(e.into());
         }
     };
-    Ok((StatusCode::CREATED, axum::Json(Started { pid, tag: req.tag })))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Started { pid, tag: req.tag }),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -204,10 +211,16 @@ pub enum AttachEventView {
         /// Bytes asked for that were already overwritten.
         dropped: u64,
     },
-    Stdout { data: String },
-    Stderr { data: String },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
     /// This many bytes were overwritten before they could be sent.
-    Dropped { bytes: u64 },
+    Dropped {
+        bytes: u64,
+    },
     Exit(ExitInfo),
     Error(ErrorBody),
 }
@@ -234,11 +247,15 @@ fn target(s: &str) -> ApiResult<ProcessRef> {
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return match s.parse::<u32>() {
             Ok(p) if p > 0 => Ok(ProcessRef::Pid(p)),
-            _ => Err(ApiError::not_found(format!("no background process with pid {s}"))),
+            _ => Err(ApiError::not_found(format!(
+                "no background process with pid {s}"
+            ))),
         };
     }
     if hearth_proto::background::validate_tag(s).is_err() {
-        return Err(ApiError::not_found(format!("no background process with tag {s:?}")));
+        return Err(ApiError::not_found(format!(
+            "no background process with tag {s:?}"
+        )));
     }
     Ok(ProcessRef::Tag(s.to_string()))
 }
@@ -292,8 +309,12 @@ pub async fn attach(
                 }
             };
             let (out, end) = match ev {
-                Ok(Some(AttachEvent::Stdout(b))) => (AttachEventView::Stdout { data: b64(&b) }, false),
-                Ok(Some(AttachEvent::Stderr(b))) => (AttachEventView::Stderr { data: b64(&b) }, false),
+                Ok(Some(AttachEvent::Stdout(b))) => {
+                    (AttachEventView::Stdout { data: b64(&b) }, false)
+                }
+                Ok(Some(AttachEvent::Stderr(b))) => {
+                    (AttachEventView::Stderr { data: b64(&b) }, false)
+                }
                 Ok(Some(AttachEvent::Dropped(n))) => (AttachEventView::Dropped { bytes: n }, false),
                 Ok(Some(AttachEvent::Exit(x))) => (AttachEventView::Exit(ExitInfo::from(&x)), true),
                 Ok(None) => return,
@@ -309,7 +330,9 @@ pub async fn attach(
             .await
             .map(|ev| (Ok::<_, Infallible>(sse_json(ev.name(), &ev)), rx))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// A signal: a name (`TERM`, `SIGKILL`, ...) or a number.
@@ -352,7 +375,9 @@ fn signal_number(s: &Signal) -> ApiResult<i32> {
     match s {
         Signal::Number(n) => match super::extract::integer_of(n) {
             Some(v @ 1..=64) => Ok(v as i32),
-            _ => Err(ApiError::bad_request(format!("signal: {n} is not a signal number (1..=64)"))),
+            _ => Err(ApiError::bad_request(format!(
+                "signal: {n} is not a signal number (1..=64)"
+            ))),
         },
         Signal::Name(name) => {
             let bare = name.strip_prefix("SIG").unwrap_or(name);

@@ -233,7 +233,11 @@ pub async fn create(
         guard.disarm();
         let rec = r?;
         tracing::Span::current().record("sandbox_id", rec.id.as_str());
-        return Ok((StatusCode::CREATED, axum::Json(SandboxView::new(&state, &rec))).into_response());
+        return Ok((
+            StatusCode::CREATED,
+            axum::Json(SandboxView::new(&state, &rec)),
+        )
+            .into_response());
     }
     let (tx, rx) = mpsc::channel::<Event>(256);
     let progress = Arc::new(ChannelProgress {
@@ -247,11 +251,16 @@ pub async fn create(
         let ev = match job.await {
             Ok(Ok(rec)) => sse_json("created", &SandboxView::new(&st, &rec)),
             Ok(Err(e)) => sse_json("error", &e.body()),
-            Err(e) => sse_json("error", &ApiError::internal(format!("create task: {e}")).body()),
+            Err(e) => sse_json(
+                "error",
+                &ApiError::internal(format!("create task: {e}")).body(),
+            ),
         };
         let n = progress.dropped.load(Ordering::Relaxed);
         if n > 0 {
-            let _ = tx.send(Event::default().comment(format!("{n} progress steps dropped"))).await;
+            let _ = tx
+                .send(Event::default().comment(format!("{n} progress steps dropped")))
+                .await;
         }
         let _ = tx.send(ev).await;
     });
@@ -269,7 +278,11 @@ pub async fn create(
             }
         }
     });
-    Ok((StatusCode::CREATED, Sse::new(stream).keep_alive(KeepAlive::default())).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Sse::new(stream).keep_alive(KeepAlive::default()),
+    )
+        .into_response())
 }
 
 /// List filters (`metadata` and `status` may repeat).
@@ -375,7 +388,11 @@ pub async fn delete(
     state.forget(&id);
     let removed = state
         .runtime()
-        .remove(&id, q.keep_persist, &(Arc::new(NoProgress) as SharedProgress))
+        .remove(
+            &id,
+            q.keep_persist,
+            &(Arc::new(NoProgress) as SharedProgress),
+        )
         .await?;
     state.forget(&removed.record.id);
     Ok(StatusCode::NO_CONTENT)

@@ -133,6 +133,9 @@ pub async fn stats(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<StatsView>> {
     let s = state.sandbox(&id).await?;
-    let st = s.stats().await.inspect_err(|e| state.forget_if_gone(s.id(), e))?;
+    let st = s
+        .stats()
+        .await
+        .inspect_err(|e| state.forget_if_gone(s.id(), e))?;
     Ok(axum::Json(st.into()))
 }
