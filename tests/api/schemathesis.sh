@@ -84,7 +84,8 @@ cat >"$WORK/schemathesis.toml" <<TOML
 TOML
 
 set +e
-"$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$BASE/v1/openapi.json" \
+# Run from the scratch dir: schemathesis keeps a `.schemathesis/` cache in its cwd.
+(cd "$WORK" && "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$BASE/v1/openapi.json" \
     --header "Authorization: Bearer $TOKEN" \
     --checks all \
     --exclude-operation-id create_sandbox \
@@ -99,7 +100,7 @@ set +e
     --workers 1 \
     --generation-database none \
     --no-color \
-    "$@"
+    "$@")
 RC=$?
 set -e
 if [ "$RC" -ne 0 ]; then
