@@ -210,13 +210,17 @@ pub fn router(state: AppState) -> Router {
 
 /// Middleware: the request must carry an API token the server accepts.
 async fn require_api_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match ApiTokens::from_headers(req.headers()) {
-        Some(t) if state.tokens().accepts(t) => next.run(req).await,
-        Some(_) => ApiError::unauthorized("invalid API token").into_response(),
-        None => ApiError::unauthorized(
+    let presented = ApiTokens::from_headers(req.headers());
+    if presented.iter().any(|t| state.tokens().accepts(t)) {
+        return next.run(req).await;
+    }
+    if presented.is_empty() {
+        ApiError::unauthorized(
             "missing API token: send `Authorization: Bearer <token>` or `X-API-Key: <token>`",
         )
-        .into_response(),
+        .into_response()
+    } else {
+        ApiError::unauthorized("invalid API token").into_response()
     }
 }
 

@@ -156,14 +156,22 @@ impl ApiTokens {
         self.hashes.iter().fold(false, |ok, h| same(h, &d) | ok)
     }
 
-    /// The token a request carries: `Authorization: Bearer T` or `X-API-Key: T`.
-    pub fn from_headers(headers: &HeaderMap) -> Option<&str> {
-        if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            return Some(v.trim());
-        }
-        let auth = headers.get("authorization")?.to_str().ok()?;
-        let (scheme, rest) = auth.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    /// The tokens a request carries: `Authorization: Bearer T` and
+    /// `X-API-Key: T` (either may be absent). A request is let in when one of
+    /// them is valid, so a stray header of one kind does not hide a good token
+    /// of the other.
+    pub fn from_headers(headers: &HeaderMap) -> Vec<&str> {
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|auth| auth.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, rest)| rest.trim());
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        bearer.into_iter().chain(key).collect()
     }
 }
 
@@ -253,13 +261,13 @@ mod tests {
     #[test]
     fn headers_carry_tokens() {
         let mut h = HeaderMap::new();
-        assert_eq!(ApiTokens::from_headers(&h), None);
+        assert!(ApiTokens::from_headers(&h).is_empty());
         h.insert("authorization", "Bearer abc".parse().unwrap());
-        assert_eq!(ApiTokens::from_headers(&h), Some("abc"));
-        h.insert("authorization", "Basic dXNlcjo=".parse().unwrap());
-        assert_eq!(ApiTokens::from_headers(&h), None);
+        assert_eq!(ApiTokens::from_headers(&h), ["abc"]);
         h.insert("x-api-key", "k".parse().unwrap());
-        assert_eq!(ApiTokens::from_headers(&h), Some("k"));
+        assert_eq!(ApiTokens::from_headers(&h), ["abc", "k"]);
+        h.insert("authorization", "Basic dXNlcjo=".parse().unwrap());
+        assert_eq!(ApiTokens::from_headers(&h), ["k"]);
     }
 
     #[test]
