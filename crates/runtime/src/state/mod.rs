@@ -292,7 +292,11 @@ fn create_atomically(path: &Path) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| DB_FILE.to_string());
-    let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
+    // Unique per call, not only per process: concurrent first writes in one
+    // process (a server's parallel creates) must not share the temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.new-{}-{n}", std::process::id()));
     let made = (|| {
         let db = Database::create(&tmp).map_err(|e| db_err(path, "cannot create", e))?;
         ensure_schema(&db, &tmp)?;

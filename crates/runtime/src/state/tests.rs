@@ -190,3 +190,24 @@ async fn a_db_that_cannot_be_created_leaves_no_broken_file() {
         "temporary files left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_inserts_in_one_process_all_land() {
+    // A server's parallel creates on a fresh state dir: the DB file is made
+    // once, and no insert fails because another made it at the same time.
+    let d = tempfile::tempdir().unwrap();
+    let st = StateDb::new(d.path().join(DB_FILE), Duration::from_secs(10));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let st = st.clone();
+            tokio::spawn(async move {
+                st.insert(rec(&format!("c{i:02}"), VmStatus::Creating), |_, _| Ok(()))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(st.read_all().await.unwrap().len(), 16);
+}
