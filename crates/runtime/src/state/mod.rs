@@ -36,6 +36,11 @@ pub struct StateDb {
     lock_timeout: Duration,
     /// The schema was checked (and migrated) by this process.
     checked: Arc<AtomicBool>,
+    /// Serializes this process's own uses of the file: redb refuses a second
+    /// open in the same process like one from another process, and retrying
+    /// that with sleeps starved callers under load (a server's 32 parallel
+    /// creates timed out waiting). Other processes still meet redb's lock.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn db_err(path: &Path, context: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -75,6 +80,7 @@ impl StateDb {
             path: path.into(),
             lock_timeout,
             checked: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -131,6 +137,7 @@ impl StateDb {
         T: Send + 'static,
         F: FnOnce(Option<&Database>, &Path) -> Result<T> + Send + 'static,
     {
+        let _turn = self.gate.lock().await;
         let db = self.open_file(create).await?;
         let path = self.path.clone();
         let checked = Arc::clone(&self.checked);
@@ -151,6 +158,7 @@ impl StateDb {
     /// than at the first operation. Returns the schema version found (`None`
     /// for a new DB).
     pub async fn open(&self) -> Result<Option<u64>> {
+        let _turn = self.gate.lock().await;
         let existed = self.path.exists();
         let db = self.open_file(true).await?;
         let path = self.path.clone();
@@ -292,11 +300,8 @@ fn create_atomically(path: &Path) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| DB_FILE.to_string());
-    // Unique per call, not only per process: concurrent first writes in one
-    // process (a server's parallel creates) must not share the temporary file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.new-{}-{n}", std::process::id()));
+    // Per process: this process's own callers are serialized by the gate.
+    let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
     let made = (|| {
         let db = Database::create(&tmp).map_err(|e| db_err(path, "cannot create", e))?;
         ensure_schema(&db, &tmp)?;

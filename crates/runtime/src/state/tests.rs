@@ -196,8 +196,10 @@ async fn concurrent_first_inserts_in_one_process_all_land() {
     // A server's parallel creates on a fresh state dir: the DB file is made
     // once, and no insert fails because another made it at the same time.
     let d = tempfile::tempdir().unwrap();
-    let st = StateDb::new(d.path().join(DB_FILE), Duration::from_secs(10));
-    let tasks: Vec<_> = (0..16)
+    // A lock timeout far below what 32 queued writers take in total: within
+    // one process they wait their turn, not on redb's file lock.
+    let st = StateDb::new(d.path().join(DB_FILE), Duration::from_millis(50));
+    let tasks: Vec<_> = (0..32)
         .map(|i| {
             let st = st.clone();
             tokio::spawn(async move {
@@ -209,5 +211,5 @@ async fn concurrent_first_inserts_in_one_process_all_land() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    assert_eq!(st.read_all().await.unwrap().len(), 16);
+    assert_eq!(st.read_all().await.unwrap().len(), 32);
 }
