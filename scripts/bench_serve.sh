@@ -53,7 +53,11 @@ d, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"creates ok: server {s['creates_ok']}/{s['clients']}, direct {d['creates_ok']}/{d['clients']}; "
       f"commands ok: server {s['commands_ok']}, direct {d['commands_ok']}; "
       f"errors: server {len(s['errors'])}, direct {len(d['errors'])}; server 5xx: {s['server_5xx']}")
+def f(v):
+    return "n/a" if v is None or v != v else f"{v:9.1f}"
 for k in ("create_p50_ms", "create_p99_ms", "command_p50_ms", "command_p99_ms"):
-    print(f"{k:15} server {s[k]:9.1f}  direct {d[k]:9.1f}  ratio {s[k] / d[k]:.2f}x")
+    ok = all(isinstance(x[k], (int, float)) and x[k] == x[k] for x in (s, d))
+    ratio = f"{s[k] / d[k]:.2f}x" if ok and d[k] else "n/a"
+    print(f"{k:15} server {f(s[k])}  direct {f(d[k])}  ratio {ratio}")
 print(f"wall_s          server {s['wall_s']:9.1f}  direct {d['wall_s']:9.1f}")
 PY
