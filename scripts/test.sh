@@ -27,7 +27,7 @@ bash tests/api/schemathesis.sh
 echo "==> API tier: the official E2B Python SDK (pinned) against hearth serve" >&2
 bash tests/e2b/run.sh
 # The issue pins 2.63.0 and asks for the newest release too: run it when it differs.
-newest=$(bash tests/e2b/venv.sh >/dev/null && /usr/bin/python3 -m pip index versions e2b 2>/dev/null \
+newest=$("$(bash tests/e2b/venv.sh)/bin/pip" index versions e2b 2>/dev/null \
     | sed -n 's/^e2b (\(.*\))$/\1/p' || true)
 pinned=$(sed -n 's/^e2b==//p' tests/e2b/requirements.txt)
 if [ -n "$newest" ] && [ "$newest" != "$pinned" ]; then
