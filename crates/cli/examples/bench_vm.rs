@@ -23,7 +23,7 @@
 //!   vsock socket vs a raw echo through the same socket to `vsock-echo` in the guest;
 //!   also ping vs the same echo;
 //! - host memory per idle VM beyond guest RAM: (QEMU RSS − its shared-memory RSS,
-//!   i.e. guest pages touched) + (vhost-device-vsock RSS − its shared-memory RSS);
+//!   i.e. guest pages touched) + (link proxy RSS − its shared-memory RSS);
 //! - 4 `hearth vm create` processes at once vs one: wall-time ratio.
 //!
 //! Modules: `bench_vm/rtt.rs` (round trips), `bench_vm/mem.rs` (/proc memory).
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hearth_vmm::qemu::cmdline::{qemu_argv, vhost_argv, QemuArgs};
+use hearth_vmm::qemu::cmdline::{qemu_argv, QemuArgs};
 use hearth_vmm::QemuFactory;
 use serde_json::json;
 use tokio::process::Command;
@@ -199,23 +199,8 @@ fn hearth_image_with_poweroff(image: &Path, out: &Path) -> anyhow::Result<()> {
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))
 }
 
-/// Waits for `path` to exist while `child` runs.
-async fn wait_for_socket(path: &Path, child: &mut tokio::process::Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        if let Some(st) = child.try_wait()? {
-            bail!("vhost-device-vsock exited ({st}) before creating its socket");
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not appear within 10 s", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
-}
-
-/// One baseline boot: QEMU start to QEMU exit, vhost-device-vsock started before
-/// the clock (hearth's create pays for its own vhost start; the baseline does not).
+/// One baseline boot: QEMU start to QEMU exit, with the same devices (the
+/// link's port, no proxy: the baseline guest never uses it).
 async fn baseline_boot(
     f: &QemuFactory,
     kernel: &Path,
@@ -223,18 +208,6 @@ async fn baseline_boot(
     dir: &Path,
 ) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir)?;
-    let vsock = dir.join("vhost.sock");
-    let uds = dir.join("vsock.sock");
-    let log = std::fs::File::create(dir.join("vhost.log"))?;
-    let mut vhost = Command::new(&f.vhost)
-        .args(vhost_argv(&vsock, &uds))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start vhost-device-vsock")?;
-    wait_for_socket(&vsock, &mut vhost).await?;
     let console = dir.join("console.log");
     let args = QemuArgs {
         accel: f.accel,
@@ -244,7 +217,7 @@ async fn baseline_boot(
         initrd: Some(initrd.into()),
         cmdline_extra: "rdinit=/poweroff".into(),
         serial: hearth_vmm::qemu::cmdline::Serial::File(console.clone()),
-        vhost_socket: Some(vsock),
+        link_socket: Some(dir.join("link.sock")),
         drives: Vec::new(),
         user_net: false,
     };
@@ -262,8 +235,6 @@ async fn baseline_boot(
         .await
         .context("baseline boot did not power off within 120 s")??;
     let secs = t0.elapsed().as_secs_f64();
-    let _ = vhost.start_kill();
-    let _ = vhost.wait().await;
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     if !status.success() || text.contains("Kernel panic") {
         bail!(

@@ -10,7 +10,7 @@
 //! | `HEARTH_BOOT_TIMEOUT` | seconds a boot may take |
 //! | `HEARTH_DB_LOCK_TIMEOUT_MS` | how long to wait for a locked state DB |
 //! | `HEARTH_KERNEL_EXTRA` | extra guest kernel command line words |
-//! | `HEARTH_QEMU`, `HEARTH_VHOST_VSOCK` | the VMM programs |
+//! | `HEARTH_QEMU` | the VMM program |
 //! | `HEARTH_ACCEL` | `kvm`, `tcg` or `auto` |
 //! | `HEARTH_MEM_OVERCOMMIT`, `HEARTH_CPU_OVERCOMMIT` | admission ratios |
 //! | `HEARTH_JAIL` | `0` runs VMMs unjailed even as root |
@@ -83,12 +83,6 @@ pub fn config(state_dir_flag: Option<PathBuf>) -> anyhow::Result<RuntimeConfig> 
     }
     c.kernel_cmdline_extra = var("HEARTH_KERNEL_EXTRA").unwrap_or_default();
     c.qemu.qemu = var_path("HEARTH_QEMU");
-    c.qemu.vhost = var_path("HEARTH_VHOST_VSOCK");
-    c.qemu.extra_dirs = var_path("HOME")
-        .map(|h| h.join(".cargo/bin"))
-        .into_iter()
-        .chain([PathBuf::from("/root/.cargo/bin")])
-        .collect();
     c.qemu.accel = match var("HEARTH_ACCEL").as_deref() {
         None | Some("auto") => None,
         Some("kvm") => Some(Accel::Kvm),

@@ -4,6 +4,9 @@
 //! - [`init`]: the PID-1 role (mounts, modules, root pivot, reaping, power off).
 //! - [`agent`]: the agent role — serves the wire protocol (docs/protocol.md) on
 //!   vsock or a Unix socket: exec sessions, files, system info, shutdown.
+//! - [`vmlink`]: the QEMU backend's agent transport (a stream multiplexer on
+//!   a virtio-serial port): the guest end, in the agent, and the host end,
+//!   the `vm-proxy` role run next to QEMU.
 //! - [`bench_roles`]: benchmark baselines (`poweroff` as PID 1, `vsock-echo`).
 //!
 //! Role selection: PID 1 named `poweroff` → power off at once (benchmark
@@ -13,6 +16,7 @@
 mod agent;
 mod bench_roles;
 mod init;
+mod vmlink;
 
 fn main() {
     let mut args = std::env::args_os();
@@ -32,6 +36,13 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some("vm-proxy") => {
+            let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+            if let Err(e) = vmlink::proxy::main(&rest) {
+                eprintln!("hearth-guest vm-proxy: {e:#}");
+                std::process::exit(1);
+            }
+        }
         Some("vsock-echo") => {
             let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
             if let Err(e) = bench_roles::vsock_echo(&rest) {
@@ -40,7 +51,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: hearth-guest init | hearth-guest agent [--unix-socket PATH] [--vsock-port N] [--max-frame-len N] | hearth-guest vsock-echo --port N");
+            eprintln!("usage: hearth-guest init | hearth-guest agent [--unix-socket PATH | --vsock-port N | --link PORT-DEVICE] [--max-frame-len N] | hearth-guest vm-proxy --qemu-socket P --listen P --control P | hearth-guest vsock-echo --port N");
             std::process::exit(2);
         }
     }

@@ -52,6 +52,7 @@ pub const MODULE_ORDER_PATH: &str = "lib/modules/hearth.order";
 /// are skipped at resolution time).
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_mmio",
+    "virtio_console",
     "vmw_vsock_virtio_transport",
     "virtio_blk",
     "overlay",

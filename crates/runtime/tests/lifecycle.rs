@@ -329,7 +329,8 @@ async fn a_db_written_by_the_previous_release_opens_and_its_vm_still_works() {
             ("env", serde_json::json!([])),
             ("hello", serde_json::json!([])),
             ("qemu", serde_json::to_value(vm.qemu).unwrap()),
-            ("vhost", serde_json::to_value(vm.vhost).unwrap()),
+            // v1 records named the second process `vhost`.
+            ("vhost", serde_json::to_value(vm.proxy).unwrap()),
         ] {
             v[k] = val;
         }

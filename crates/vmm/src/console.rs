@@ -58,10 +58,9 @@ mod tests {
 /// Follows a growing console log and reports when a marker line has appeared.
 ///
 /// The boot watchdog waits for the agent's listening line before the first `CONNECT`:
-/// a connection request that reaches vhost-device-vsock before the guest's vsock
-/// driver is up was seen to wedge the device (about 4 boots in 60 when the host
-/// connected from QEMU start), and waiting costs nothing since the agent cannot
-/// answer earlier anyway.
+/// with vhost-user-vsock, a connection request that arrived before the guest's
+/// vsock driver was up was seen to wedge the device (about 4 boots in 60), and
+/// waiting costs nothing since the agent cannot answer earlier anyway.
 pub struct ConsoleWatch {
     path: std::path::PathBuf,
     offset: u64,

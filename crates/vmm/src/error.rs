@@ -22,8 +22,8 @@ pub enum VmmError {
     KernelMissing(PathBuf),
     #[error("initramfs not found: {}", .0.display())]
     InitrdMissing(PathBuf),
-    #[error("vhost-device-vsock not found; run `cargo install vhost-device-vsock`")]
-    VhostNotFound,
+    #[error("the link proxy {} (the static hearth-guest binary) does not exist", .0.display())]
+    ProxyNotFound(std::path::PathBuf),
     #[error("{0} not found; install it (Debian: apt-get install qemu-system-x86)")]
     QemuNotFound(String),
     #[error("{context}: {path}")]
@@ -39,8 +39,8 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("vhost-device-vsock did not create {} within {secs} s{log}", .socket.display())]
-    VhostTimeout {
+    #[error("the link proxy did not create {} within {secs} s{log}", .socket.display())]
+    ProxyTimeout {
         socket: PathBuf,
         secs: u64,
         log: String,

@@ -10,6 +10,7 @@
 //! | `hearth.root=overlay:serial:hearth-lower:serial:hearth-upper` | root = overlay of the read-only disk whose virtio-blk serial is `hearth-lower` and the ext4 disk with serial `hearth-upper` (init finds them through `/sys/block/vd*/serial`) |
 //! | `hearth.lowerfs=squashfs\|ext4` | filesystem of the lower disk |
 //! | `hearth.persist=serial:hearth-persist` | an ext4 volume init mounts at `/persist` |
+//! | `hearth.link=virtio-serial` | the agent serves the VM link (hearth's stream multiplexer on the virtio-serial port named `hearth.agent`) instead of vsock port 1000 |
 //! | `hearth.net=10.0.2.15/24,10.0.2.2` | configure the NIC: address/prefix, gateway |
 //! | `hearth.dns=10.0.2.3` | the resolver written to `/etc/resolv.conf` |
 //!
@@ -77,6 +78,8 @@ pub struct GuestSpec {
     pub lowerfs: Option<LowerFs>,
     pub persist: bool,
     pub network: bool,
+    /// The agent serves the VM link (a virtio-serial port) instead of vsock.
+    pub link: bool,
 }
 
 /// `serial:NAME`, the device reference init resolves through sysfs.
@@ -105,8 +108,14 @@ pub fn kernel_args(spec: &GuestSpec) -> Vec<String> {
         v.push(format!("hearth.net={GUEST_ADDR},{GATEWAY}"));
         v.push(format!("hearth.dns={DNS}"));
     }
+    if spec.link {
+        v.push(LINK_WORD.to_string());
+    }
     v
 }
+
+/// Tells the agent to serve the VM link (the QEMU backend's transport).
+pub const LINK_WORD: &str = "hearth.link=virtio-serial";
 
 #[cfg(test)]
 mod tests {
@@ -129,6 +138,7 @@ mod tests {
             lowerfs: Some(LowerFs::Squashfs),
             persist: true,
             network: true,
+            link: true,
         };
         assert_eq!(
             kernel_args(&spec),
@@ -139,6 +149,7 @@ mod tests {
                 "hearth.persist=serial:hearth-persist",
                 "hearth.net=10.0.2.15/24,10.0.2.2",
                 "hearth.dns=10.0.2.3",
+                "hearth.link=virtio-serial",
             ]
         );
     }
@@ -150,6 +161,7 @@ mod tests {
             lowerfs: Some(LowerFs::Ext4),
             persist: false,
             network: false,
+            link: false,
         };
         let words = kernel_args(&spec);
         assert!(words.contains(&"hearth.lowerfs=ext4".to_string()));

@@ -3,7 +3,7 @@
 //! - [`backend`]: the [`Backend`] trait the runtime drives, and the versioned,
 //!   backend-neutral [`BackendHandle`] it stores.
 //! - [`sandbox`]: [`SandboxConfig`], what a sandbox is made of.
-//! - [`qemu`]: QEMU `microvm` + `vhost-device-vsock` (argv builder, detached launch,
+//! - [`qemu`]: QEMU `microvm` + the VM link proxy (argv builder, detached launch,
 //!   KVM probe, boot watchdog, stop).
 //! - [`process`]: pid + start-time identities and pidfd signalling, so a recycled
 //!   pid is never signalled.

@@ -76,6 +76,9 @@ pub struct SandboxConfig {
     pub vmm_uid: Option<u32>,
     /// How big the console log may grow (two rotated files).
     pub console: crate::console_log::ConsoleLimits,
+    /// The static `hearth-guest` binary, run on the host as the VM link's
+    /// proxy (`hearth-guest vm-proxy`).
+    pub vm_proxy: PathBuf,
 }
 
 impl SandboxConfig {
@@ -148,6 +151,7 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             vmm_uid: None,
             console: Default::default(),
+            vm_proxy: "/hearth-guest".into(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The hardened VMM launch, checked on real processes and a real VM.
 //!
-//! Needs root, `qemu-system-x86_64`, `vhost-device-vsock`, a kernel in `/boot`, the
+//! Needs root, `qemu-system-x86_64`, a kernel in `/boot`, the
 //! static guest binary (`HEARTH_GUEST_BIN`, else
 //! `target/x86_64-unknown-linux-gnu/release/hearth-guest`), `mksquashfs`,
 //! `mkfs.ext4` and a static busybox (`HEARTH_BUSYBOX`, else `/bin/busybox`) —
@@ -397,6 +397,7 @@ fn config(id: &str, dir: &Path, kernel: &Path, initrd: &Path, uid: Option<u32>) 
         boot_timeout: Duration::from_secs(120),
         vmm_uid: uid,
         console: Default::default(),
+        vm_proxy: guest_binary(),
     }
 }
 
@@ -438,8 +439,8 @@ async fn stop_and_check_gone(handle: &VmHandle) {
     handle.stop(Duration::from_secs(10)).await.expect("stop");
     assert!(!handle.qemu.is_alive(), "qemu still runs after stop");
     assert!(
-        !handle.vhost.is_alive(),
-        "vhost-device-vsock still runs after stop"
+        !handle.proxy.is_alive(),
+        "the link proxy still runs after stop"
     );
 }
 
@@ -474,22 +475,22 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_and_sees_only_its_files() {
         .boot(&cfg)
         .await
         .unwrap_or_else(|e| panic!("jailed boot failed: {e}"));
-    let _cleanup = KillOnDrop(handle.qemu, handle.vhost);
+    let _cleanup = KillOnDrop(handle.qemu, handle.proxy);
     eprintln!(
         "jailed boot ({}): {:?}",
         host.factory.accel,
         started.elapsed()
     );
     assert_alive(handle.qemu, "qemu");
-    assert_alive(handle.vhost, "vhost-device-vsock");
+    assert_alive(handle.proxy, "the link proxy");
 
     // Unprivileged, own session, seccomp on QEMU.
     assert_runs_as(handle.qemu.pid, VMM_UID, "qemu");
-    assert_runs_as(handle.vhost.pid, VMM_UID, "vhost-device-vsock");
+    assert_runs_as(handle.proxy.pid, VMM_UID, "the link proxy");
     // No network for either (this VM has none): only Unix sockets by path.
     for (pid, what) in [
         (handle.qemu.pid, "qemu"),
-        (handle.vhost.pid, "vhost-device-vsock"),
+        (handle.proxy.pid, "the link proxy"),
     ] {
         for ns in ["mnt", "ipc", "net"] {
             assert!(own_namespace(pid, ns), "{what} shares the {ns} namespace");
@@ -505,11 +506,11 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_and_sees_only_its_files() {
     let mut top = set(&[
         "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "sbin", "usr", "vm", "vmm",
     ]);
-    let vhost_root = PathBuf::from(format!("/proc/{}/root", handle.vhost.pid));
-    let vhost_top = names(&vhost_root);
+    let proxy_root = PathBuf::from(format!("/proc/{}/root", handle.proxy.pid));
+    let proxy_top = names(&proxy_root);
     assert!(
-        vhost_top.is_subset(&top),
-        "vhost's root holds {vhost_top:?}"
+        proxy_top.is_subset(&top),
+        "the proxy's root holds {proxy_top:?}"
     );
     top.extend(set(&["boot", "disks"]));
     let qemu_root = PathBuf::from(format!("/proc/{}/root", handle.qemu.pid));
@@ -526,7 +527,7 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_and_sees_only_its_files() {
         set(&["null", "urandom", "zero"])
     };
     assert_eq!(names(&qemu_root.join("dev")), devs);
-    for root in [&qemu_root, &vhost_root] {
+    for root in [&qemu_root, &proxy_root] {
         assert!(names(&root.join("vm")).contains("vsock.sock"));
         assert!(!root.join(state.strip_prefix("/").unwrap()).exists());
         assert!(
@@ -602,7 +603,7 @@ async fn jailed_vm_runs_unprivileged_under_seccomp_and_sees_only_its_files() {
 }
 
 /// With user networking QEMU keeps the host's network (slirp runs inside it),
-/// vhost-device-vsock still has none, and the guest reaches the host.
+/// the link proxy still has none, and the guest reaches the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jailed_vm_with_user_network_keeps_the_host_network_for_qemu_only() {
     const UID: u32 = VMM_UID + 10;
@@ -631,15 +632,15 @@ async fn jailed_vm_with_user_network_keeps_the_host_network_for_qemu_only() {
         .boot(&cfg)
         .await
         .unwrap_or_else(|e| panic!("jailed boot with user networking failed: {e}"));
-    let _cleanup = KillOnDrop(handle.qemu, handle.vhost);
+    let _cleanup = KillOnDrop(handle.qemu, handle.proxy);
     assert_runs_as(handle.qemu.pid, UID, "qemu");
     assert!(
         !own_namespace(handle.qemu.pid, "net"),
         "qemu lost the host network"
     );
     assert!(
-        own_namespace(handle.vhost.pid, "net"),
-        "vhost-device-vsock has the host network"
+        own_namespace(handle.proxy.pid, "net"),
+        "the link proxy has the host network"
     );
     let (code, out, err) = exec(&client, &format!("wget -q -O - http://10.0.2.2:{port}/")).await;
     assert_eq!((code, out.as_str()), (0, "from host"), "stderr: {err}");
@@ -664,7 +665,7 @@ async fn unjailed_vm_keeps_the_callers_uid_and_still_gets_seccomp() {
         .boot(&cfg)
         .await
         .unwrap_or_else(|e| panic!("boot failed: {e}"));
-    let _cleanup = KillOnDrop(handle.qemu, handle.vhost);
+    let _cleanup = KillOnDrop(handle.qemu, handle.proxy);
     eprintln!(
         "unjailed boot ({}): {:?}",
         host.factory.accel,
@@ -695,7 +696,6 @@ async fn reserved_vmm_uid_is_refused_before_anything_starts() {
     std::fs::write(&k, b"k").unwrap();
     let factory = QemuFactory {
         qemu: "/nonexistent/qemu".into(),
-        vhost: "/nonexistent/vhost".into(),
         accel: Accel::Tcg,
     };
     let cfg = config("uid0", &tmp.path().join("vms/uid0"), &k, &k, Some(0));

@@ -42,7 +42,7 @@ pub struct Mem {
     pub qemu_anon: f64,
     pub qemu_file: f64,
     pub vhost_rss: f64,
-    /// vhost-device-vsock maps the same guest RAM; those pages are not extra.
+    /// Shared pages of the link proxy (none: it maps no guest RAM).
     pub vhost_shmem: f64,
     /// (qemu_rss − qemu_shmem) + (vhost_rss − vhost_shmem).
     pub beyond_guest: f64,
@@ -64,7 +64,7 @@ pub fn vm_memory(list: &serde_json::Value, id: &str) -> anyhow::Result<Mem> {
             .and_then(|x| x.as_u64())
             .with_context(|| format!("vm {id} has no {k}"))
     };
-    let (qp, vp) = (pid("qemu_pid")?, pid("vhost_pid")?);
+    let (qp, vp) = (pid("qemu_pid")?, pid("proxy_pid")?);
     let q = proc_status(qp)?;
     let v = proc_status(vp)?;
     let qs = smaps_rollup(qp)?;

@@ -46,7 +46,7 @@ mod files;
 mod follow;
 mod input;
 mod lifecycle;
-mod listen;
+pub(crate) mod listen;
 mod liveness;
 mod logbuf;
 mod oneshot;
@@ -93,6 +93,46 @@ const MIN_MAX_FRAME_LEN: u32 = 64 * 1024;
 pub enum Listen {
     Unix(PathBuf),
     Vsock(u32),
+    /// hearth's stream multiplexer on a virtio-serial port
+    /// ([`crate::vmlink::guest`]).
+    Link(PathBuf),
+    /// No flag: the link when the kernel command line says
+    /// `hearth.link=virtio-serial` (the QEMU backend), else vsock port 1000.
+    Default,
+}
+
+/// How long the agent waits for the link's port to appear (the driver adds
+/// ports after QEMU announces them, so it may lag the module load).
+const LINK_PORT_WAIT: Duration = Duration::from_secs(20);
+
+impl Listen {
+    /// Resolves [`Listen::Default`] from `/proc/cmdline`, waiting for the port.
+    fn resolve(self) -> anyhow::Result<Listen> {
+        if self != Listen::Default {
+            return Ok(self);
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if !cmdline
+            .split_ascii_whitespace()
+            .any(|w| w == crate::vmlink::guest::CMDLINE_WORD)
+        {
+            return Ok(Listen::Vsock(hearth_proto::AGENT_VSOCK_PORT));
+        }
+        let deadline = std::time::Instant::now() + LINK_PORT_WAIT;
+        loop {
+            if let Some(p) = crate::vmlink::guest::find_port() {
+                return Ok(Listen::Link(p));
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "no virtio-serial port named {} appeared within {} s",
+                    crate::vmlink::PORT_NAME,
+                    LINK_PORT_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// Agent settings from the command line.
@@ -105,8 +145,7 @@ pub struct Config {
 impl Config {
     /// Parses `[--unix-socket PATH] [--vsock-port N] [--max-frame-len N]`.
     pub fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut unix = None;
-        let mut port = hearth_proto::AGENT_VSOCK_PORT;
+        let mut listen = Listen::Default;
         let mut max_frame_len = DEFAULT_MAX_FRAME_LEN;
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -124,12 +163,14 @@ impl Config {
                 }
             };
             match flag {
-                "--unix-socket" => unix = Some(PathBuf::from(value()?)),
+                "--unix-socket" => listen = Listen::Unix(PathBuf::from(value()?)),
+                "--link" => listen = Listen::Link(PathBuf::from(value()?)),
                 "--vsock-port" => {
                     let v = value()?;
-                    port = v
-                        .parse()
-                        .with_context(|| format!("bad --vsock-port {v:?}"))?;
+                    listen = Listen::Vsock(
+                        v.parse()
+                            .with_context(|| format!("bad --vsock-port {v:?}"))?,
+                    );
                 }
                 "--max-frame-len" => {
                     let v = value()?;
@@ -143,10 +184,6 @@ impl Config {
                 other => bail!("unknown argument {other:?}"),
             }
         }
-        let listen = match unix {
-            Some(p) => Listen::Unix(p),
-            None => Listen::Vsock(port),
-        };
         Ok(Self {
             listen,
             max_frame_len,
@@ -339,7 +376,8 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
             input_window: DEFAULT_INPUT_WINDOW,
         })
     };
-    let mut listener = match &config.listen {
+    let listen = config.listen.clone().resolve()?;
+    let mut listener = match &listen {
         Listen::Unix(path) => {
             let bound = listen::bind(path)?;
             tracing::info!(path = %path.display(), "agent listening");
@@ -350,15 +388,17 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
             let listener = tokio_vsock::VsockListener::bind(addr)
                 .with_context(|| format!("binding vsock port {port}"))?;
             tracing::info!(port, "agent listening on vsock");
-            // A plain console line the host's boot watchdog waits for before its
-            // first CONNECT (hearth_vmm::guest_contract::AGENT_READY_MARKER).
-            {
-                use std::io::Write;
-                let line = format!("hearth-agent: listening on vsock port {port}\n");
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            }
+            ready_marker(&format!("hearth-agent: listening on vsock port {port}\n"));
             Listener::Vsock(listener)
         }
+        Listen::Link(path) => {
+            let accepted = crate::vmlink::guest::start(path)
+                .with_context(|| format!("opening the link port {}", path.display()))?;
+            tracing::info!(port = %path.display(), "agent listening on the vm link");
+            ready_marker(&format!("hearth-agent: listening on the vm link {}\n", path.display()));
+            Listener::Link(accepted)
+        }
+        Listen::Default => unreachable!("resolved above"),
     };
     let shared = make_shared();
     let reason = loop {
@@ -382,6 +422,14 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
 enum Listener {
     Unix(listen::Bound),
     Vsock(tokio_vsock::VsockListener),
+    Link(crate::vmlink::guest::Accepted),
+}
+
+/// A plain console line the host's boot watchdog waits for before its first
+/// CONNECT (hearth_vmm::guest_contract::AGENT_READY_MARKER).
+fn ready_marker(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 impl Listener {
@@ -395,6 +443,10 @@ impl Listener {
             Listener::Vsock(l) => match l.accept().await {
                 Ok((stream, _)) => drop(tokio::spawn(conn::serve(stream, shared.clone()))),
                 Err(e) => accept_failed(e).await,
+            },
+            Listener::Link(rx) => match rx.recv().await {
+                Some(stream) => drop(tokio::spawn(conn::serve(stream, shared.clone()))),
+                None => std::future::pending().await,
             },
         }
     }
@@ -435,7 +487,7 @@ mod tests {
     #[test]
     fn parses_defaults_to_vsock_1000() {
         let c = Config::parse(&[]).unwrap();
-        assert_eq!(c.listen, Listen::Vsock(1000));
+        assert_eq!(c.listen, Listen::Default);
         assert_eq!(c.max_frame_len, DEFAULT_MAX_FRAME_LEN);
     }
 

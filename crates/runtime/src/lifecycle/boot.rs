@@ -49,6 +49,12 @@ pub fn sandbox_config(
         boot_timeout: timeout.unwrap_or_else(|| rt.config().boot_timeout_for(accel)),
         vmm_uid: rec.vmm_uid,
         console: rt.config().console,
+        vm_proxy: rt.config().guest_binary.clone().ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "no guest binary configured (the static hearth-guest, which also runs on the host as the VM link's proxy); {}",
+                crate::paths::GUEST_BUILD_HINT
+            ))
+        })?,
     })
 }
 

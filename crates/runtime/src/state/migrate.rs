@@ -71,7 +71,7 @@ mod tests {
         let h = r.backend.expect("handle");
         let vm = hearth_vmm::QemuBackend::vm(&h).unwrap();
         assert_eq!((vm.qemu.pid, vm.qemu.start_time), (4242, 99));
-        assert_eq!((vm.vhost.pid, vm.vhost.start_time), (4241, 98));
+        assert_eq!((vm.proxy.pid, vm.proxy.start_time), (4241, 98));
         assert_eq!(vm.dir.to_str(), Some("/s/vms/ab12cd34"));
         assert_eq!(
             r.env,

@@ -71,10 +71,6 @@ impl Env {
         );
         c.guest_binary = Some(guest);
         c.image_cache = image_cache();
-        c.qemu.extra_dirs = vec![PathBuf::from("/root/.cargo/bin")];
-        if let Some(h) = std::env::var_os("HOME") {
-            c.qemu.extra_dirs.push(PathBuf::from(h).join(".cargo/bin"));
-        }
         c
     }
 

@@ -1,5 +1,5 @@
 //! [`Backend`] for QEMU `microvm`: the handle's state is a [`VmHandle`]
-//! (directory, accelerator, QEMU and vhost-device-vsock identities).
+//! (directory, accelerator, QEMU and link proxy identities).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,10 +24,6 @@ pub const HANDLE_VERSION: u32 = 1;
 pub struct QemuConfig {
     /// `qemu-system-x86_64`; `None` looks on `PATH`.
     pub qemu: Option<PathBuf>,
-    /// `vhost-device-vsock`; `None` looks on `PATH`, then in `extra_dirs`.
-    pub vhost: Option<PathBuf>,
-    /// Extra directories searched for helper programs (e.g. `~/.cargo/bin`).
-    pub extra_dirs: Vec<PathBuf>,
     /// Force an accelerator instead of probing KVM.
     pub accel: Option<Accel>,
     /// Where the KVM probe caches its verdict.
@@ -68,13 +64,11 @@ impl QemuBackend {
                 let c = &self.config;
                 let qemu = Self::program(&c.qemu, "qemu-system-x86_64", &[])
                     .map_err(VmmError::QemuNotFound)?;
-                let vhost = Self::program(&c.vhost, "vhost-device-vsock", &c.extra_dirs)
-                    .map_err(|_| VmmError::VhostNotFound)?;
                 let accel = match c.accel {
                     Some(a) => a,
                     None => kvm::probe_accel(&qemu, kernel, &c.cache_dir).await?,
                 };
-                Ok(QemuFactory { qemu, vhost, accel })
+                Ok(QemuFactory { qemu, accel })
             })
             .await
     }
@@ -98,13 +92,13 @@ impl QemuBackend {
 }
 
 /// Pure health rule over which of the two processes are alive.
-pub fn health_of(qemu: (ProcessId, bool), vhost: (ProcessId, bool)) -> Health {
-    match (qemu.1, vhost.1) {
+pub fn health_of(qemu: (ProcessId, bool), proxy: (ProcessId, bool)) -> Health {
+    match (qemu.1, proxy.1) {
         (true, true) => Health::Running,
         (true, false) => Health::Broken {
             reason: format!(
-                "its vhost-device-vsock process (pid {}) exited, so the agent is unreachable",
-                vhost.0.pid
+                "its link proxy process (pid {}) exited, so the agent is unreachable",
+                proxy.0.pid
             ),
         },
         (false, _) => Health::Exited,
@@ -133,7 +127,7 @@ impl Backend for QemuBackend {
         let vm = Self::vm(handle)?;
         Ok(health_of(
             (vm.qemu, vm.qemu.is_alive()),
-            (vm.vhost, vm.vhost.is_alive()),
+            (vm.proxy, vm.proxy.is_alive()),
         ))
     }
 
@@ -158,7 +152,7 @@ impl Backend for QemuBackend {
 
     fn processes(&self, handle: &BackendHandle) -> Vec<(&'static str, u32)> {
         match Self::vm(handle) {
-            Ok(vm) => vec![("qemu", vm.qemu.pid), ("vhost", vm.vhost.pid)],
+            Ok(vm) => vec![("qemu", vm.qemu.pid), ("proxy", vm.proxy.pid)],
             Err(_) => Vec::new(),
         }
     }
@@ -170,7 +164,11 @@ impl Backend for QemuBackend {
 
 /// The `pid start_time` files a boot writes into the VM directory.
 pub fn read_pid_files(dir: &Path) -> Vec<ProcessId> {
-    [super::files::QEMU_PID, super::files::VHOST_PID]
+    [
+        super::files::QEMU_PID,
+        super::files::PROXY_PID,
+        super::files::LEGACY_VHOST_PID,
+    ]
         .iter()
         .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
         .filter_map(|t| {
@@ -195,11 +193,11 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_vsock_helper_breaks_a_running_vm() {
+    fn a_dead_link_proxy_breaks_a_running_vm() {
         assert_eq!(health_of((pid(1), true), (pid(2), true)), Health::Running);
         match health_of((pid(1), true), (pid(2), false)) {
             Health::Broken { reason } => {
-                assert!(reason.contains("vhost-device-vsock") && reason.contains("pid 2"))
+                assert!(reason.contains("link proxy") && reason.contains("pid 2"))
             }
             h => panic!("{h:?}"),
         }
@@ -214,7 +212,7 @@ mod tests {
             dir: "/s/vms/ab12cd34".into(),
             accel: Accel::Tcg,
             qemu: pid(10),
-            vhost: pid(11),
+            proxy: pid(11),
         };
         let h = QemuBackend::handle(&vm).unwrap();
         assert_eq!(QemuBackend::vm(&h).unwrap(), vm);

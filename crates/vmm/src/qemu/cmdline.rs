@@ -1,4 +1,4 @@
-//! The QEMU `microvm` and `vhost-device-vsock` argument vectors, as pure functions.
+//! The QEMU `microvm` and `hearth-guest vm-proxy` argument vectors, as pure functions.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -45,8 +45,9 @@ pub struct QemuArgs {
     /// Appended after [`BASE_KERNEL_CMDLINE`].
     pub cmdline_extra: String,
     pub serial: Serial,
-    /// The vhost-user socket served by vhost-device-vsock; `None` for no vsock.
-    pub vhost_socket: Option<PathBuf>,
+    /// The chardev socket QEMU serves behind the agent's virtio-serial port
+    /// (the VM link, see [`link_args`]); `None` for no link.
+    pub link_socket: Option<PathBuf>,
     /// virtio-blk disks, in order.
     pub drives: Vec<Drive>,
     /// Attach a virtio-net NIC on QEMU's user-mode network (slirp). `false`
@@ -145,12 +146,7 @@ pub fn kernel_cmdline(extra: &str) -> String {
 pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         os("-M"),
-        os("microvm,pit=on,pic=on,rtc=on,memory-backend=mem"),
-        os("-object"),
-        os(format!(
-            "memory-backend-memfd,id=mem,size={}M,share=on",
-            a.mem_mib
-        )),
+        os("microvm,pit=on,pic=on,rtc=on"),
         os("-m"),
         os(format!("{}", a.mem_mib)),
         os("-smp"),
@@ -184,13 +180,8 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
         v.extend([os("-initrd"), os(initrd.as_os_str())]);
     }
     v.extend([os("-append"), os(kernel_cmdline(&a.cmdline_extra))]);
-    if let Some(sock) = &a.vhost_socket {
-        v.extend([
-            os("-chardev"),
-            path_arg("socket,id=vs,path=", sock),
-            os("-device"),
-            os("vhost-user-vsock-device,chardev=vs"),
-        ]);
+    if let Some(sock) = &a.link_socket {
+        v.extend(link_args(sock));
     }
     for d in &a.drives {
         v.extend(drive_args(d));
@@ -206,14 +197,36 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     v
 }
 
-/// vhost-device-vsock's argv: one VM, guest CID 3, the vhost-user socket for QEMU and
-/// the Firecracker-style hybrid socket for the host.
-pub fn vhost_argv(vhost_socket: &Path, uds_path: &Path) -> Vec<OsString> {
-    let mut spec = OsString::from("guest-cid=3,socket=");
-    spec.push(vhost_socket.as_os_str());
-    spec.push(",uds-path=");
-    spec.push(uds_path.as_os_str());
-    vec![os("--vm"), spec]
+/// Name of the agent's virtio-serial port (the guest finds it by this name).
+pub const LINK_PORT_NAME: &str = "hearth.agent";
+
+/// The VM link: a virtio-serial device with one port named
+/// [`LINK_PORT_NAME`] whose host side is a chardev socket QEMU serves at
+/// `sock` (`wait=off`: QEMU runs before the proxy connects). Unlike
+/// vhost-user-vsock it migrates, and it needs no shared guest memory.
+pub fn link_args(sock: &Path) -> [OsString; 6] {
+    [
+        os("-device"),
+        os("virtio-serial-device,max_ports=2"),
+        os("-chardev"),
+        path_arg("socket,id=link,server=on,wait=off,path=", sock),
+        os("-device"),
+        os(format!("virtserialport,chardev=link,name={LINK_PORT_NAME}")),
+    ]
+}
+
+/// The link proxy's argv (`hearth-guest vm-proxy`): QEMU's chardev socket,
+/// the hybrid socket for host clients and the control socket.
+pub fn proxy_argv(qemu_socket: &Path, listen: &Path, control: &Path) -> Vec<OsString> {
+    vec![
+        os("vm-proxy"),
+        os("--qemu-socket"),
+        os(qemu_socket.as_os_str()),
+        os("--listen"),
+        os(listen.as_os_str()),
+        os("--control"),
+        os(control.as_os_str()),
+    ]
 }
 
 #[cfg(test)]
@@ -229,7 +242,7 @@ mod tests {
             initrd: Some("/cache/initrd.cpio.gz".into()),
             cmdline_extra: "hearth.debug=1".into(),
             serial: Serial::File("/vm/console.log".into()),
-            vhost_socket: Some("/vm/vhost.sock".into()),
+            link_socket: Some("/vm/link.sock".into()),
             drives: Vec::new(),
             user_net: false,
         }
@@ -247,16 +260,10 @@ mod tests {
     }
 
     #[test]
-    fn tcg_argv_has_shared_memory_sizes_cpus_and_vsock() {
+    fn tcg_argv_has_sizes_cpus_and_the_link() {
         let v = strs(&qemu_argv(&args()));
-        assert_eq!(
-            value_after(&v, "-M"),
-            ["microvm,pit=on,pic=on,rtc=on,memory-backend=mem"]
-        );
-        assert_eq!(
-            value_after(&v, "-object"),
-            ["memory-backend-memfd,id=mem,size=256M,share=on"]
-        );
+        assert_eq!(value_after(&v, "-M"), ["microvm,pit=on,pic=on,rtc=on"]);
+        assert!(value_after(&v, "-object").is_empty(), "no shared memory backend");
         assert_eq!(value_after(&v, "-m"), ["256"]);
         assert_eq!(value_after(&v, "-smp"), ["2"]);
         assert_eq!(value_after(&v, "-accel"), ["tcg,tb-size=32"]);
@@ -270,11 +277,14 @@ mod tests {
         assert_eq!(value_after(&v, "-initrd"), ["/cache/initrd.cpio.gz"]);
         assert_eq!(
             value_after(&v, "-chardev"),
-            ["socket,id=vs,path=/vm/vhost.sock"]
+            ["socket,id=link,server=on,wait=off,path=/vm/link.sock"]
         );
         assert_eq!(
             value_after(&v, "-device"),
-            ["vhost-user-vsock-device,chardev=vs"]
+            [
+                "virtio-serial-device,max_ports=2",
+                "virtserialport,chardev=link,name=hearth.agent"
+            ]
         );
         for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
             assert!(v.iter().any(|a| a == flag), "missing {flag}");
@@ -302,7 +312,7 @@ mod tests {
         let mut a = args();
         a.accel = Accel::Kvm;
         a.initrd = None;
-        a.vhost_socket = None;
+        a.link_socket = None;
         let v = strs(&qemu_argv(&a));
         assert_eq!(value_after(&v, "-accel"), ["kvm"]);
         assert_eq!(value_after(&v, "-cpu"), ["host"]);
@@ -346,7 +356,8 @@ mod tests {
         assert_eq!(
             value_after(&v, "-device"),
             [
-                "vhost-user-vsock-device,chardev=vs",
+                "virtio-serial-device,max_ports=2",
+                "virtserialport,chardev=link,name=hearth.agent",
                 "virtio-blk-device,drive=lower,serial=hearth-lower",
                 "virtio-blk-device,drive=upper,serial=hearth-upper",
             ]
@@ -376,16 +387,22 @@ mod tests {
     }
 
     #[test]
-    fn vhost_argv_names_both_sockets() {
-        let v = strs(&vhost_argv(
-            Path::new("/d/vhost.sock"),
-            Path::new("/d/vsock.sock"),
+    fn proxy_argv_names_the_three_sockets() {
+        let v = strs(&proxy_argv(
+            Path::new("/vm/link.sock"),
+            Path::new("/vm/vsock.sock"),
+            Path::new("/vm/link.ctl"),
         ));
         assert_eq!(
             v,
             [
-                "--vm",
-                "guest-cid=3,socket=/d/vhost.sock,uds-path=/d/vsock.sock"
+                "vm-proxy",
+                "--qemu-socket",
+                "/vm/link.sock",
+                "--listen",
+                "/vm/vsock.sock",
+                "--control",
+                "/vm/link.ctl"
             ]
         );
     }

@@ -3,12 +3,12 @@
 //! jailer is the model). Under software emulation QEMU runs guest code in a host
 //! process, so a VMM bug must not become a host compromise.
 //!
-//! Between fork and exec each jailed process (QEMU, vhost-device-vsock) gets:
+//! Between fork and exec each jailed process (QEMU, its link proxy) gets:
 //! - its own session (`setsid`): it outlives the caller and keeps its host pid,
 //!   so [`ProcessId`](crate::ProcessId) tracking and the stop/kill paths are
 //!   unchanged;
 //! - private mount and IPC namespaces, and an empty network namespace for
-//!   vhost-device-vsock always and for QEMU unless the VM has user networking
+//!   the link proxy always and for QEMU unless the VM has user networking
 //!   (slirp runs inside QEMU);
 //! - a root that is a fresh tmpfs (`pivot_root`, old root detached, then
 //!   remounted read-only) holding only [`JailSpec`]'s entries: read-only `/usr`,

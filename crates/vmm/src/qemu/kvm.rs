@@ -87,7 +87,7 @@ pub async fn probe(qemu: &Path, kernel: &Path, work_dir: &Path) -> Result<Accel,
         // Not quiet would be nicer, but the panic line is printed at any loglevel.
         cmdline_extra: String::new(),
         serial: super::cmdline::Serial::File(console.clone()),
-        vhost_socket: None,
+        link_socket: None,
         drives: Vec::new(),
         user_net: false,
     };

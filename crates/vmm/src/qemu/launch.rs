@@ -26,24 +26,6 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// vhost-device-vsock: `HEARTH_VHOST_VSOCK`, `PATH`, then `~/.cargo/bin`.
-pub fn find_vhost() -> Result<PathBuf, VmmError> {
-    if let Some(p) = std::env::var_os("HEARTH_VHOST_VSOCK") {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(VmmError::VhostNotFound)
-        };
-    }
-    let mut extra = Vec::new();
-    if let Some(home) = std::env::var_os("HOME") {
-        extra.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    extra.push(PathBuf::from("/root/.cargo/bin"));
-    find_program("vhost-device-vsock", &extra).ok_or(VmmError::VhostNotFound)
-}
-
 /// QEMU: `HEARTH_QEMU` or `qemu-system-x86_64` on `PATH`.
 pub fn find_qemu() -> Result<PathBuf, VmmError> {
     if let Some(p) = std::env::var_os("HEARTH_QEMU") {

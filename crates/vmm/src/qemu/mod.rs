@@ -1,8 +1,12 @@
-//! QEMU `microvm` backend with vsock served by `vhost-device-vsock`.
+//! QEMU `microvm` backend. The agent is reached over the VM link: a
+//! virtio-serial port carrying hearth's stream multiplexer, whose host end
+//! is `hearth-guest vm-proxy` (see the guest crate's `vmlink`), so every VM
+//! can be migrated, snapshotted and cloned.
 //!
-//! Per VM directory: `vhost.sock` (vhost-user, QEMU ↔ vhost-device-vsock),
-//! `vsock.sock` (Firecracker-style hybrid socket for the host), `console.log`,
-//! `qemu.log`, `vhost.log`, `qemu.pid`, `vhost.pid`.
+//! Per VM directory: `link.sock` (QEMU's chardev socket behind the port,
+//! QEMU ↔ proxy), `vsock.sock` (the Firecracker-style hybrid socket for host
+//! clients), `link.ctl` (the proxy's control socket), `console.log`,
+//! `qemu.log`, `proxy.log`, `qemu.pid`, `proxy.pid`.
 
 pub mod backend;
 pub mod cmdline;
@@ -47,18 +51,22 @@ impl std::fmt::Display for Accel {
 
 /// Lines of console shown when a boot fails.
 pub const CONSOLE_TAIL_LINES: usize = 20;
-/// How long vhost-device-vsock may take to create its socket.
-const VHOST_SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// How long the link proxy may take to create its socket.
+const PROXY_SOCKET_WAIT: Duration = Duration::from_secs(10);
 
 /// File names inside a VM directory.
 pub mod files {
-    pub const VHOST_SOCK: &str = "vhost.sock";
+    pub const LINK_SOCK: &str = "link.sock";
+    pub const LINK_CTL: &str = "link.ctl";
     pub const VSOCK_SOCK: &str = "vsock.sock";
     pub const CONSOLE_LOG: &str = "console.log";
     pub const QEMU_LOG: &str = "qemu.log";
-    pub const VHOST_LOG: &str = "vhost.log";
+    pub const PROXY_LOG: &str = "proxy.log";
     pub const QEMU_PID: &str = "qemu.pid";
-    pub const VHOST_PID: &str = "vhost.pid";
+    pub const PROXY_PID: &str = "proxy.pid";
+    /// Left by hearth versions that used vhost-device-vsock.
+    pub const LEGACY_VHOST_PID: &str = "vhost.pid";
+    pub const LEGACY_VHOST_SOCK: &str = "vhost.sock";
 }
 
 /// Everything needed to find a running VM again from another process: it is
@@ -69,7 +77,10 @@ pub struct VmHandle {
     pub dir: PathBuf,
     pub accel: Accel,
     pub qemu: ProcessId,
-    pub vhost: ProcessId,
+    /// The link proxy (`vhost` in handles of VMs booted with
+    /// vhost-device-vsock, which serves the same hybrid socket).
+    #[serde(alias = "vhost")]
+    pub proxy: ProcessId,
 }
 
 impl VmHandle {
@@ -109,7 +120,7 @@ impl VmHandle {
     }
 
     /// Asks the guest to power off, waits for QEMU to exit (bounded), then makes
-    /// sure QEMU and vhost-device-vsock are gone, signalling only our own pids.
+    /// sure QEMU and the link proxy are gone, signalling only our own pids.
     pub async fn stop(&self, graceful: Duration) -> Result<(), VmmError> {
         if self.qemu.is_alive() {
             let asked = match self.connect(Duration::from_secs(3)).await {
@@ -123,8 +134,13 @@ impl VmHandle {
                 self.qemu.terminate(Duration::from_secs(3)).await;
             }
         }
-        self.vhost.terminate(Duration::from_secs(2)).await;
-        for f in [files::VSOCK_SOCK, files::VHOST_SOCK] {
+        self.proxy.terminate(Duration::from_secs(2)).await;
+        for f in [
+            files::VSOCK_SOCK,
+            files::LINK_SOCK,
+            files::LINK_CTL,
+            files::LEGACY_VHOST_SOCK,
+        ] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         Ok(())
@@ -133,7 +149,7 @@ impl VmHandle {
     /// Kills both processes at once (no shutdown request).
     pub async fn kill(&self) {
         self.qemu.terminate(Duration::from_millis(500)).await;
-        self.vhost.terminate(Duration::from_millis(500)).await;
+        self.proxy.terminate(Duration::from_millis(500)).await;
     }
 }
 
@@ -141,7 +157,6 @@ impl VmHandle {
 #[derive(Debug, Clone)]
 pub struct QemuFactory {
     pub qemu: PathBuf,
-    pub vhost: PathBuf,
     pub accel: Accel,
 }
 
@@ -149,31 +164,41 @@ impl QemuFactory {
     /// Finds the programs and decides the accelerator (probe cached in `cache_dir`).
     pub async fn detect(kernel: &Path, cache_dir: &Path) -> Result<Self, VmmError> {
         let qemu = launch::find_qemu()?;
-        let vhost = launch::find_vhost()?;
         let accel = kvm::choose_accel(&qemu, kernel, cache_dir).await?;
-        Ok(Self { qemu, vhost, accel })
+        Ok(Self { qemu, accel })
     }
 
     /// Boots a VM; on any failure everything started here is killed again.
     ///
-    /// With `cfg.vmm_uid` set (root only) QEMU and vhost-device-vsock run jailed
-    /// as that uid (see [`jail`]): the VM directory and writable disks are handed
-    /// to the uid first and both argvs name in-jail paths, while the host-side
-    /// paths (`<dir>/vsock.sock`, the logs) stay where they are.
+    /// QEMU starts first (it serves the link's chardev socket), then the link
+    /// proxy, which connects to it and serves `vsock.sock`. With
+    /// `cfg.vmm_uid` set (root only) both run jailed as that uid (see
+    /// [`jail`]): the VM directory and writable disks are handed to the uid
+    /// first and both argvs name in-jail paths, while the host-side paths
+    /// (`<dir>/vsock.sock`, the logs) stay where they are.
     pub async fn boot(&self, cfg: &SandboxConfig) -> Result<(VmHandle, Client), VmmError> {
         cfg.validate()?;
         if let Some(uid) = cfg.vmm_uid {
             jail::check_uid(uid)?;
         }
+        if !cfg.vm_proxy.is_file() {
+            return Err(VmmError::ProxyNotFound(cfg.vm_proxy.clone()));
+        }
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| VmmError::io("cannot create vm directory", dir, e))?;
-        for f in [files::VHOST_SOCK, files::VSOCK_SOCK, files::CONSOLE_LOG] {
+        for f in [
+            files::LINK_SOCK,
+            files::LINK_CTL,
+            files::VSOCK_SOCK,
+            files::CONSOLE_LOG,
+        ] {
             let _ = std::fs::remove_file(dir.join(f));
         }
-        let vhost_sock = dir.join(files::VHOST_SOCK);
+        let link_sock = dir.join(files::LINK_SOCK);
+        let link_ctl = dir.join(files::LINK_CTL);
         let vsock_sock = dir.join(files::VSOCK_SOCK);
-        let vhost_log = dir.join(files::VHOST_LOG);
+        let proxy_log = dir.join(files::PROXY_LOG);
         let qemu_log = dir.join(files::QEMU_LOG);
         let disks = drives(cfg);
         let jail = match cfg.vmm_uid {
@@ -191,42 +216,6 @@ impl QemuFactory {
             None => write_pid(&dir.join(name), id),
         };
 
-        let (mut vchild, vhost) = match &jail {
-            None => launch::spawn_detached(
-                &self.vhost,
-                &cmdline::vhost_argv(&vhost_sock, &vsock_sock),
-                &vhost_log,
-                None,
-            )?,
-            Some(j) => {
-                let argv = cmdline::vhost_argv(&j.vm_path(&vhost_sock)?, &j.vm_path(&vsock_sock)?);
-                let log = j.dir().open_log(&vhost_log, j.uid())?;
-                launch::spawn_jailed(j.vhost(&self.vhost)?, &argv, log, &vhost_log, None)?
-            }
-        };
-        pid_file(files::VHOST_PID, vhost);
-        let deadline = Instant::now() + VHOST_SOCKET_WAIT;
-        while !vhost_sock.exists() {
-            let exited = matches!(vchild.try_wait(), Ok(Some(_)));
-            if exited || Instant::now() >= deadline {
-                vhost.terminate(Duration::from_millis(500)).await;
-                let _ = vchild.try_wait();
-                let log = tail(&vhost_log, 10);
-                return Err(VmmError::VhostTimeout {
-                    socket: vhost_sock,
-                    secs: VHOST_SOCKET_WAIT.as_secs(),
-                    log: if log.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; its log:\n{log}")
-                    },
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Detached: nobody waits on it from here on; a zombie counts as dead.
-        drop(vchild);
-
         let args = cmdline::QemuArgs {
             accel: self.accel,
             cpus: cfg.cpus,
@@ -235,7 +224,7 @@ impl QemuFactory {
             initrd: Some(cfg.initrd.clone()),
             cmdline_extra: guest_cmdline(cfg),
             serial: cmdline::Serial::Stdio,
-            vhost_socket: Some(vhost_sock),
+            link_socket: Some(link_sock.clone()),
             drives: disks,
             user_net: cfg.network == Network::AllowAll,
         };
@@ -258,26 +247,73 @@ impl QemuFactory {
                 }),
             }
         });
-        let (mut qchild, qemu) = match spawned {
+        let (mut qchild, qemu) = spawned?;
+        pid_file(files::QEMU_PID, qemu);
+
+        let spawned = match &jail {
+            None => launch::spawn_detached(
+                &cfg.vm_proxy,
+                &cmdline::proxy_argv(&link_sock, &vsock_sock, &link_ctl),
+                &proxy_log,
+                None,
+            ),
+            Some(j) => (|| {
+                let argv = cmdline::proxy_argv(
+                    &j.vm_path(&link_sock)?,
+                    &j.vm_path(&vsock_sock)?,
+                    &j.vm_path(&link_ctl)?,
+                );
+                let log = j.dir().open_log(&proxy_log, j.uid())?;
+                launch::spawn_jailed(j.proxy(&cfg.vm_proxy)?, &argv, log, &proxy_log, None)
+            })(),
+        };
+        let (mut pchild, proxy) = match spawned {
             Ok(x) => x,
             Err(e) => {
-                vhost.terminate(Duration::from_secs(1)).await;
+                qemu.terminate(Duration::from_secs(1)).await;
                 return Err(e);
             }
         };
-        pid_file(files::QEMU_PID, qemu);
+        pid_file(files::PROXY_PID, proxy);
+        let deadline = Instant::now() + PROXY_SOCKET_WAIT;
+        while !vsock_sock.exists() {
+            let exited = matches!(pchild.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() >= deadline {
+                proxy.terminate(Duration::from_millis(500)).await;
+                qemu.terminate(Duration::from_millis(500)).await;
+                let _ = pchild.try_wait();
+                let _ = qchild.try_wait();
+                let mut log = tail(&proxy_log, 10);
+                let qlog = tail(&qemu_log, 5);
+                if !qlog.is_empty() {
+                    log = format!("{log}\nqemu: {qlog}");
+                }
+                return Err(VmmError::ProxyTimeout {
+                    socket: vsock_sock,
+                    secs: PROXY_SOCKET_WAIT.as_secs(),
+                    log: if log.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its log:\n{log}")
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Detached: nobody waits on it from here on; a zombie counts as dead.
+        drop(pchild);
         let handle = VmHandle {
             id: cfg.id.clone(),
             dir: dir.clone(),
             accel: self.accel,
             qemu,
-            vhost,
+            proxy,
         };
         tracing::info!(
             id = %cfg.id,
             accel = %self.accel,
             qemu = qemu.pid,
-            vhost = vhost.pid,
+            proxy = proxy.pid,
             vmm_uid = cfg.vmm_uid,
             "vm started"
         );
@@ -375,6 +411,7 @@ pub fn guest_cmdline(cfg: &SandboxConfig) -> String {
         lowerfs: cfg.root.as_ref().map(|r| r.fs),
         persist: cfg.persist.is_some(),
         network: cfg.network == Network::AllowAll,
+        link: true,
     };
     let mut words = crate::guest_contract::kernel_args(&spec);
     let extra = cfg.cmdline_extra.trim();
@@ -412,6 +449,7 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             vmm_uid: None,
             console: Default::default(),
+            vm_proxy: "/hearth-guest".into(),
         }
     }
 
@@ -419,7 +457,10 @@ mod tests {
     fn initramfs_vm_has_no_disks_and_only_hostname() {
         let c = cfg();
         assert!(drives(&c).is_empty());
-        assert_eq!(guest_cmdline(&c), "hearth.hostname=ab12cd34 hearth.debug=1");
+        assert_eq!(
+            guest_cmdline(&c),
+            "hearth.hostname=ab12cd34 hearth.link=virtio-serial hearth.debug=1"
+        );
     }
 
     #[test]
@@ -451,7 +492,7 @@ mod tests {
             "hearth.hostname=ab12cd34 \
              hearth.root=overlay:serial:hearth-lower:serial:hearth-upper \
              hearth.lowerfs=squashfs hearth.persist=serial:hearth-persist \
-             hearth.net=10.0.2.15/24,10.0.2.2 hearth.dns=10.0.2.3"
+             hearth.net=10.0.2.15/24,10.0.2.2 hearth.dns=10.0.2.3 hearth.link=virtio-serial"
         );
     }
 

@@ -1,7 +1,7 @@
 //! The host side of a jail, done as root before fork: the VM directory and
 //! writable disks handed to the VM's uid, readable copies of what it cannot read,
 //! logs and pid files written without following what the uid planted, and the
-//! two jails (QEMU, vhost-device-vsock) of one VM. See [`super`].
+//! two jails (QEMU, the link proxy) of one VM. See [`super`].
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -395,8 +395,9 @@ impl VmJail {
         s
     }
 
-    /// vhost-device-vsock's jail: the base and the VM directory, no network.
-    pub fn vhost(&self, program: &Path) -> Result<PreparedJail, VmmError> {
+    /// The link proxy's jail (`hearth-guest vm-proxy`, a static binary): the
+    /// base and the VM directory, no network.
+    pub fn proxy(&self, program: &Path) -> Result<PreparedJail, VmmError> {
         let mut s = self.base();
         s.without_network();
         s.program(program)?;
@@ -422,8 +423,8 @@ impl VmJail {
         if let Serial::File(p) = &args.serial {
             a.serial = Serial::File(self.vm_path(p)?);
         }
-        a.vhost_socket = args
-            .vhost_socket
+        a.link_socket = args
+            .link_socket
             .as_deref()
             .map(|p| self.vm_path(p))
             .transpose()?;
