@@ -2,7 +2,6 @@
 # Sets up a fresh Debian 12 machine for hearth and builds it.
 #   - Debian packages: QEMU, the cloud kernel the guest boots, image tools, curl (vm_expose),
 #     python3-venv (the E2B SDK and schemathesis tiers), Node.js + npm when no node is installed
-#   - vhost-device-vsock (crates.io) for virtio-vsock without /dev/vhost-vsock
 #   - the static guest binary and the host binaries (release)
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
@@ -27,10 +26,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v vhost-device-vsock >/dev/null; then
-    log "installing vhost-device-vsock (about a minute)"
-    cargo install --locked vhost-device-vsock
-fi
 
 log "building the static guest binary"
 RUSTFLAGS="-C target-feature=+crt-static" \

@@ -141,7 +141,7 @@ fn vmm_killed_mid_exec_and_agent_killed_in_guest() {
     // 1. SIGKILL the VMM while an exec runs.
     let rec = env.record(&a);
     let qemu = rec["qemu_pid"].as_u64().unwrap();
-    let vhost = rec["vhost_pid"].as_u64().unwrap();
+    let proxy = rec["proxy_pid"].as_u64().unwrap();
     let child = env
         .cmd(&["vm", "exec", "--vm", &a, "--cmd", "echo started; sleep 60"])
         .stdout(std::process::Stdio::piped())
@@ -174,8 +174,8 @@ fn vmm_killed_mid_exec_and_agent_killed_in_guest() {
     );
     assert_eq!(env.status(&a), "stopped");
     assert!(
-        !pid_alive(vhost),
-        "vhost-device-vsock {vhost} outlived its VMM"
+        !pid_alive(proxy),
+        "the link proxy {proxy} outlived its VMM"
     );
     // Stop on a stopped VM is not an error; clean works.
     assert!(env.run(&["vm", "stop", "--vm", &a]).status.success());
@@ -236,7 +236,7 @@ fn a_boot_that_fails_is_caught_with_console_lines_and_nothing_is_left() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["status"], "failed");
     let dir = std::path::Path::new(recs[0]["dir"].as_str().unwrap());
-    for f in ["qemu.pid", "vhost.pid"] {
+    for f in ["qemu.pid", "proxy.pid"] {
         let t = std::fs::read_to_string(dir.join(f)).unwrap();
         let pid: u64 = t.split_whitespace().next().unwrap().parse().unwrap();
         assert!(

@@ -17,8 +17,8 @@ fn vm_lifecycle_exec_files_zombies_stop_clean() {
     assert_eq!(rec["status"], "running", "{rec}");
     assert!(rec["accel"] == "tcg" || rec["accel"] == "kvm", "{rec}");
     let qemu = rec["qemu_pid"].as_u64().expect("qemu pid");
-    let vhost = rec["vhost_pid"].as_u64().expect("vhost pid");
-    assert!(pid_alive(qemu) && pid_alive(vhost));
+    let proxy = rec["proxy_pid"].as_u64().expect("proxy pid");
+    assert!(pid_alive(qemu) && pid_alive(proxy));
     let dir = std::path::PathBuf::from(rec["dir"].as_str().expect("dir"));
     for f in ["vsock.sock", "console.log"] {
         assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
@@ -124,10 +124,10 @@ fn vm_lifecycle_exec_files_zombies_stop_clean() {
     // Stop: processes gone, record stopped; stopping again is fine.
     env.ok(&["vm", "stop", "--vm", &id]);
     assert_eq!(env.status(&id), "stopped");
-    for p in [qemu, vhost] {
+    for p in [qemu, proxy] {
         assert!(!pid_alive(p), "pid {p} still runs after stop");
     }
-    for f in ["vsock.sock", "vhost.sock"] {
+    for f in ["vsock.sock", "link.sock", "link.ctl"] {
         assert!(
             !dir.join(f).exists(),
             "{f} left after stop: {:?}",

@@ -63,7 +63,7 @@ fn three_vms_created_concurrently_each_answer_and_clean_all_leaves_nothing() {
         .flat_map(|r| {
             [
                 r["qemu_pid"].as_u64().unwrap(),
-                r["vhost_pid"].as_u64().unwrap(),
+                r["proxy_pid"].as_u64().unwrap(),
             ]
         })
         .collect();

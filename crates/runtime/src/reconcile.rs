@@ -96,11 +96,11 @@ mod tests {
         assert_eq!(v.record.status, VmStatus::Stopped);
         assert!(v.kill);
         let broken = Health::Broken {
-            reason: "its vhost-device-vsock process (pid 7) exited".into(),
+            reason: "its link proxy process (pid 7) exited".into(),
         };
         let v = judge(&r, Some(&broken), &none).unwrap();
         assert_eq!(v.record.status, VmStatus::Failed);
-        assert!(v.record.note.unwrap().contains("vhost-device-vsock"));
+        assert!(v.record.note.unwrap().contains("link proxy"));
         assert!(v.kill);
     }
 

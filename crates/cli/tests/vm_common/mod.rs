@@ -1,6 +1,6 @@
 //! Shared helpers for the VM-tier tests (`vm_*.rs`): they drive the real `hearth`
 //! binary, which boots real QEMU microVMs. They need qemu-system-x86_64,
-//! vhost-device-vsock, a kernel in /boot and the static guest binary; a missing
+//! a kernel in /boot and the static guest binary; a missing
 //! piece fails the test with a message saying how to get it.
 #![allow(dead_code)]
 

@@ -15,14 +15,15 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hearth_proto::mux::{MuxDecoder, MuxFrame, Sync, MAX_STREAMS};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::{Link, Out, Parking, AGENT_PORT, ECHO_PORT, PORT_NAME};
+use super::{Link, Out, Parking, Sink, AGENT_PORT, ECHO_PORT, PORT_NAME};
 
 /// The kernel command line word that makes the agent serve the link.
 pub const CMDLINE_WORD: &str = "hearth.link=virtio-serial";
@@ -60,51 +61,112 @@ pub fn start(path: &Path) -> io::Result<Accepted> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
-    let writer = port.try_clone()?;
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (acc_tx, acc_rx) = mpsc::unbounded_channel();
-    let link = Link::new(out_tx, tokio::runtime::Handle::current());
+    let sink = Arc::new(PortSink {
+        port: Mutex::new((0, port.try_clone()?)),
+        queue: out_tx,
+        host: AtomicBool::new(false),
+        epoch: AtomicU64::new(0),
+    });
+    let link = Link::new(Box::new(sink.clone()), tokio::runtime::Handle::current());
     let parking = Arc::new(Parking::default());
     {
-        let link = link.clone();
         let parking = parking.clone();
+        let sink = sink.clone();
         std::thread::Builder::new()
             .name("hearth-link-w".into())
-            .spawn(move || write_loop(writer, out_rx, &link, &parking))?;
+            .spawn(move || write_loop(&sink, out_rx, &parking))?;
     }
     std::thread::Builder::new()
         .name("hearth-link-r".into())
-        .spawn(move || read_loop(port, &link, &parking, &acc_tx))?;
+        .spawn(move || {
+            raise_priority();
+            read_loop(port, &link, &sink, &parking, &acc_tx)
+        })?;
     Ok(acc_rx)
 }
 
-fn write_loop(
-    mut port: File,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    link: &Link,
-    parking: &Parking,
-) {
+/// The port's write side. A frame is written at once by the caller when
+/// nothing is queued, the link is not suspended and a host is there (the
+/// port's `write` blocks only while the host side does not read, which the
+/// proxy always does); otherwise it goes to the writer thread, in order.
+/// That saves a thread hand-off per frame, which under software emulation
+/// is most of a small round trip.
+struct PortSink {
+    /// (frames queued for the writer thread and not yet written, the port)
+    port: Mutex<(usize, File)>,
+    queue: mpsc::UnboundedSender<Out>,
+    /// A host said HELLO and has not left since.
+    host: AtomicBool,
+    /// The newest link generation seen, for the writer thread's checks.
+    epoch: AtomicU64,
+}
+
+impl Sink for Arc<PortSink> {
+    fn send(&self, item: Out, current: u64) {
+        self.epoch.store(current, Ordering::SeqCst);
+        let mut g = self.port.lock().unwrap();
+        if let Out::Frame { epoch, bytes } = &item {
+            if *epoch != current {
+                return;
+            }
+            if g.0 == 0 && self.host.load(Ordering::SeqCst) {
+                if let Err(e) = g.1.write_all(bytes) {
+                    tracing::warn!(error = %e, "writing the link port failed");
+                }
+                return;
+            }
+        }
+        g.0 += 1;
+        let _ = self.queue.send(item);
+    }
+}
+
+fn write_loop(sink: &PortSink, mut rx: mpsc::UnboundedReceiver<Out>, parking: &Parking) {
     let mut parks = 0;
     while let Some(item) = rx.blocking_recv() {
         let (bytes, park) = match item {
-            Out::Frame { epoch, bytes } if epoch == link.epoch() => (bytes, false),
-            Out::Frame { .. } => continue,
+            Out::Frame { epoch, bytes } => {
+                if epoch != sink.epoch.load(Ordering::SeqCst) {
+                    sink.port.lock().unwrap().0 -= 1;
+                    continue;
+                }
+                (bytes, false)
+            }
             Out::Park { bytes } => (bytes, true),
         };
-        if let Err(e) = port.write_all(&bytes) {
+        let mut g = sink.port.lock().unwrap();
+        if let Err(e) = g.1.write_all(&bytes) {
             tracing::warn!(error = %e, "writing the link port failed");
-            std::thread::sleep(NO_HOST_POLL);
         }
         if park {
+            drop(g);
             parks += 1;
             parking.wait_blocking(parks);
+            g = sink.port.lock().unwrap();
         }
+        g.0 -= 1;
+    }
+}
+
+/// Nice value of the link's reader: like the agent's connection readers
+/// (`liveness`), ahead of a workload that saturates the guest's CPUs.
+fn raise_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, -10)
+    };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot raise the link reader's priority");
     }
 }
 
 fn read_loop(
     mut port: File,
     link: &Arc<Link>,
+    sink: &PortSink,
     parking: &Parking,
     accepted: &mpsc::UnboundedSender<UnixStream>,
 ) {
@@ -115,6 +177,7 @@ fn read_loop(
     loop {
         let n = match port.read(&mut buf) {
             Ok(0) => {
+                sink.host.store(false, Ordering::SeqCst);
                 if host {
                     let dropped = link.reset();
                     tracing::info!(streams = dropped, "the host left the link");
@@ -142,12 +205,14 @@ fn read_loop(
                     } = f
                     {
                         host = true;
+                        sink.host.store(true, Ordering::SeqCst);
                     }
                     on_frame(f, link, parking, accepted);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     // The decoder now scans for the next HELLO.
+                    sink.host.store(false, Ordering::SeqCst);
                     let dropped = link.reset();
                     tracing::warn!(error = %e, streams = dropped, "the host broke the link's framing");
                     host = false;

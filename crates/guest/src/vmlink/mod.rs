@@ -39,6 +39,19 @@ pub const ECHO_PORT: u32 = 7;
 /// virtio-serial port name of the agent link (`-device virtserialport,name=…`).
 pub const PORT_NAME: &str = "hearth.agent";
 
+/// Where a link end's outgoing frames go: the writer of the pipe.
+pub trait Sink: Send + std::marker::Sync + 'static {
+    /// Sends `item`; `epoch` is the link's current generation (a frame of
+    /// an older one must not be written).
+    fn send(&self, item: Out, epoch: u64);
+}
+
+impl Sink for mpsc::UnboundedSender<Out> {
+    fn send(&self, item: Out, _epoch: u64) {
+        let _ = mpsc::UnboundedSender::send(self, item);
+    }
+}
+
 /// What goes to the link's writer.
 #[derive(Debug)]
 pub enum Out {
@@ -141,8 +154,22 @@ enum Inbound {
     Fin,
 }
 
+/// The inbound side of a stream as the pipe's reader sees it. While nothing
+/// is queued for the stream's inbound pump, the reader writes data straight
+/// into the local socket (non-blocking, through its own dup of the socket)
+/// and so saves a hand-off to the pump; only what does not fit is queued.
+struct InSide {
+    /// Items sent to the pump and not yet written by it.
+    queued: usize,
+    /// The stream is being removed: no more direct writes.
+    closed: bool,
+    /// `None` until the stream is attached to its socket.
+    sock: Option<std::os::fd::OwnedFd>,
+}
+
 struct Entry {
     tx: mpsc::UnboundedSender<Inbound>,
+    inside: Arc<Mutex<InSide>>,
     credit: Arc<Credit>,
     /// Bytes received and not yet written to the local socket.
     inflight: Arc<AtomicU32>,
@@ -151,7 +178,7 @@ struct Entry {
 
 /// The stream table of one end of the link.
 pub struct Link {
-    out: mpsc::UnboundedSender<Out>,
+    out: Box<dyn Sink>,
     streams: Mutex<HashMap<u32, Entry>>,
     epoch: AtomicU64,
     rt: tokio::runtime::Handle,
@@ -161,12 +188,14 @@ pub struct Link {
 pub struct Pending {
     stream: u32,
     rx: mpsc::UnboundedReceiver<Inbound>,
+    inside: Arc<Mutex<InSide>>,
     credit: Arc<Credit>,
     inflight: Arc<AtomicU32>,
+    epoch: u64,
 }
 
 impl Link {
-    pub fn new(out: mpsc::UnboundedSender<Out>, rt: tokio::runtime::Handle) -> Arc<Self> {
+    pub fn new(out: Box<dyn Sink>, rt: tokio::runtime::Handle) -> Arc<Self> {
         Arc::new(Self {
             out,
             streams: Mutex::new(HashMap::new()),
@@ -181,15 +210,19 @@ impl Link {
 
     /// Queues `f` for the writer in the current generation.
     pub fn send(&self, f: &MuxFrame) {
-        let _ = self.out.send(Out::Frame {
-            epoch: self.epoch(),
-            bytes: f.to_bytes(),
-        });
+        let epoch = self.epoch();
+        self.out.send(
+            Out::Frame {
+                epoch,
+                bytes: f.to_bytes(),
+            },
+            epoch,
+        );
     }
 
     /// Queues a sync frame after which the writer parks.
     pub fn send_and_park(&self, f: &MuxFrame) {
-        let _ = self.out.send(Out::Park { bytes: f.to_bytes() });
+        self.out.send(Out::Park { bytes: f.to_bytes() }, self.epoch());
     }
 
     pub fn len(&self) -> usize {
@@ -200,15 +233,24 @@ impl Link {
         self.streams.lock().unwrap().contains_key(&stream)
     }
 
-    /// Registers `stream`, so data for it is kept until a socket is attached.
+    /// Registers `stream`: data for it is queued until [`Link::attach`]
+    /// gives it a socket.
     pub fn register(&self, stream: u32) -> Pending {
         let (tx, rx) = mpsc::unbounded_channel();
+        let inside = Arc::new(Mutex::new(InSide {
+            queued: 0,
+            closed: false,
+            sock: None,
+        }));
         let credit = Arc::new(Credit::new(INITIAL_WINDOW));
         let inflight = Arc::new(AtomicU32::new(0));
-        self.streams.lock().unwrap().insert(
+        let mut t = self.streams.lock().unwrap();
+        let epoch = self.epoch();
+        t.insert(
             stream,
             Entry {
                 tx,
+                inside: inside.clone(),
                 credit: credit.clone(),
                 inflight: inflight.clone(),
                 tasks: Vec::new(),
@@ -217,14 +259,18 @@ impl Link {
         Pending {
             stream,
             rx,
+            inside,
             credit,
             inflight,
+            epoch,
         }
     }
 
     /// Forgets `stream` and stops its pumps (which closes its socket).
     pub fn remove(&self, stream: u32) {
-        if let Some(e) = self.streams.lock().unwrap().remove(&stream) {
+        let e = self.streams.lock().unwrap().remove(&stream);
+        if let Some(e) = e {
+            e.inside.lock().unwrap().closed = true;
             e.tasks.iter().for_each(AbortHandle::abort);
         }
     }
@@ -235,6 +281,7 @@ impl Link {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let old: Vec<Entry> = self.streams.lock().unwrap().drain().map(|(_, e)| e).collect();
         for e in &old {
+            e.inside.lock().unwrap().closed = true;
             e.tasks.iter().for_each(AbortHandle::abort);
         }
         old.len()
@@ -245,10 +292,19 @@ impl Link {
         let Pending {
             stream,
             mut rx,
+            inside,
             credit,
             inflight,
+            epoch,
         } = p;
-        let epoch = self.epoch();
+        use std::os::fd::AsFd;
+        match sock.as_fd().try_clone_to_owned() {
+            Ok(fd) => inside.lock().unwrap().sock = Some(fd),
+            Err(e) => {
+                // Without the dup every byte goes through the pump.
+                tracing::debug!(stream, error = %e, "cannot dup a stream's socket");
+            }
+        }
         let (mut rd, mut wr) = sock.into_split();
         let link = self.clone();
         let outbound = self.rt.spawn(async move {
@@ -280,6 +336,7 @@ impl Link {
             link.send_in(epoch, &MuxFrame::Fin { stream });
         });
         let link = self.clone();
+        let pump_inside = inside.clone();
         let inbound = self.rt.spawn(async move {
             while let Some(ib) = rx.recv().await {
                 match ib {
@@ -290,16 +347,11 @@ impl Link {
                             link.remove(stream);
                             return;
                         }
-                        inflight.fetch_sub(d.len() as u32, Ordering::SeqCst);
-                        link.send_in(
-                            epoch,
-                            &MuxFrame::Credit {
-                                stream,
-                                bytes: d.len() as u32,
-                            },
-                        );
+                        pump_inside.lock().unwrap().queued -= 1;
+                        link.credit_back(epoch, stream, &inflight, d.len());
                     }
                     Inbound::Fin => {
+                        pump_inside.lock().unwrap().closed = true;
                         let _ = wr.shutdown().await;
                         break;
                     }
@@ -310,15 +362,15 @@ impl Link {
         let attached = {
             let mut t = self.streams.lock().unwrap();
             match t.get_mut(&stream) {
-                Some(e) => {
+                Some(e) if self.epoch() == epoch => {
                     e.tasks = vec![a.clone(), b.clone()];
                     true
                 }
-                None => false,
+                _ => false,
             }
         };
         if !attached {
-            // Reset while it was being attached.
+            // Reset or removed while it was being attached.
             a.abort();
             b.abort();
             return;
@@ -335,10 +387,25 @@ impl Link {
     }
 
     fn send_in(&self, epoch: u64, f: &MuxFrame) {
-        let _ = self.out.send(Out::Frame {
+        self.out.send(
+            Out::Frame {
+                epoch,
+                bytes: f.to_bytes(),
+            },
+            self.epoch(),
+        );
+    }
+
+    /// `n` bytes of `stream` reached its socket: the peer may send them again.
+    fn credit_back(&self, epoch: u64, stream: u32, inflight: &AtomicU32, n: usize) {
+        inflight.fetch_sub(n as u32, Ordering::SeqCst);
+        self.send_in(
             epoch,
-            bytes: f.to_bytes(),
-        });
+            &MuxFrame::Credit {
+                stream,
+                bytes: n as u32,
+            },
+        );
     }
 
     /// Handles the stream frames both ends share; gives back the frames the
@@ -362,7 +429,27 @@ impl Link {
                     self.remove(stream);
                     return Ok(());
                 }
-                let _ = e.tx.send(Inbound::Data(data));
+                let (tx, inside, inflight) = (e.tx.clone(), e.inside.clone(), e.inflight.clone());
+                drop(t);
+                let mut ins = inside.lock().unwrap();
+                if ins.closed {
+                    return Ok(());
+                }
+                let mut data = data;
+                if let (0, Some(sock)) = (ins.queued, &ins.sock) {
+                    let n = write_nonblocking(sock, &data);
+                    if n == data.len() {
+                        drop(ins);
+                        self.credit_back(self.epoch(), stream, &inflight, n);
+                        return Ok(());
+                    }
+                    if n > 0 {
+                        self.credit_back(self.epoch(), stream, &inflight, n);
+                        data.drain(..n);
+                    }
+                }
+                ins.queued += 1;
+                let _ = tx.send(Inbound::Data(data));
             }
             MuxFrame::Credit { stream, bytes } => {
                 if let Some(e) = self.streams.lock().unwrap().get(&stream) {
@@ -379,6 +466,22 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// Writes what fits of `data` into the non-blocking socket `fd` now.
+fn write_nonblocking(fd: &std::os::fd::OwnedFd, data: &[u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: writing from a live buffer to an fd we own (a dup of the
+    // stream's socket, which is non-blocking: tokio owns the original).
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    n.max(0) as usize
 }
 
 /// Eight random bytes from the kernel.

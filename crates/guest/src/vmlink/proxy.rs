@@ -121,7 +121,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let pipe = connect_qemu(&opts.qemu_socket).await?;
     let (mut rd, wr) = pipe.into_split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let link = Link::new(out_tx, tokio::runtime::Handle::current());
+    let link = Link::new(Box::new(out_tx), tokio::runtime::Handle::current());
     let parking = Arc::new(Parking::default());
     let host = Arc::new(Host {
         link: link.clone(),
