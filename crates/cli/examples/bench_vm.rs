@@ -247,6 +247,7 @@ async fn baseline_boot(
         vhost_socket: Some(vsock),
         drives: Vec::new(),
         user_net: false,
+        qmp_socket: None,
     };
     let qlog = std::fs::File::create(dir.join("qemu.log"))?;
     let t0 = Instant::now();

@@ -9,6 +9,8 @@ pub mod cmdline;
 pub mod jail;
 pub mod kvm;
 pub mod launch;
+pub mod pause;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,6 +61,8 @@ pub mod files {
     pub const VHOST_LOG: &str = "vhost.log";
     pub const QEMU_PID: &str = "qemu.pid";
     pub const VHOST_PID: &str = "vhost.pid";
+    /// QEMU's QMP monitor (see [`super::qmp`]).
+    pub const QMP_SOCK: &str = "qmp.sock";
 }
 
 /// Everything needed to find a running VM again from another process: it is
@@ -112,6 +116,8 @@ impl VmHandle {
     /// sure QEMU and vhost-device-vsock are gone, signalling only our own pids.
     pub async fn stop(&self, graceful: Duration) -> Result<(), VmmError> {
         if self.qemu.is_alive() {
+            // A paused guest cannot answer SHUTDOWN.
+            self.resume_for_stop().await;
             let asked = match self.connect(Duration::from_secs(3)).await {
                 Ok(client) => client.shutdown().await.is_ok(),
                 Err(e) => {
@@ -124,7 +130,7 @@ impl VmHandle {
             }
         }
         self.vhost.terminate(Duration::from_secs(2)).await;
-        for f in [files::VSOCK_SOCK, files::VHOST_SOCK] {
+        for f in [files::VSOCK_SOCK, files::VHOST_SOCK, files::QMP_SOCK] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         Ok(())
@@ -168,7 +174,12 @@ impl QemuFactory {
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| VmmError::io("cannot create vm directory", dir, e))?;
-        for f in [files::VHOST_SOCK, files::VSOCK_SOCK, files::CONSOLE_LOG] {
+        for f in [
+            files::VHOST_SOCK,
+            files::VSOCK_SOCK,
+            files::CONSOLE_LOG,
+            files::QMP_SOCK,
+        ] {
             let _ = std::fs::remove_file(dir.join(f));
         }
         let vhost_sock = dir.join(files::VHOST_SOCK);
@@ -238,6 +249,7 @@ impl QemuFactory {
             vhost_socket: Some(vhost_sock),
             drives: disks,
             user_net: cfg.network == Network::AllowAll,
+            qmp_socket: Some(dir.join(files::QMP_SOCK)),
         };
         // The serial console goes through a pipe to the logger, which bounds
         // and rotates console.log; it exits when QEMU does.
