@@ -58,6 +58,8 @@ pub enum QmpError {
     },
     #[error("qmp protocol error: {0}")]
     Protocol(String),
+    #[error("qemu closed the monitor connection")]
+    Closed,
     #[error("the qmp connection is unusable after an earlier failure")]
     Poisoned,
     #[error("migration failed: {0}")]
@@ -67,6 +69,19 @@ pub enum QmpError {
 }
 
 impl QmpError {
+    /// Whether QEMU went away (closed or reset the connection).
+    pub fn is_closed(&self) -> bool {
+        use std::io::ErrorKind as K;
+        match self {
+            QmpError::Closed => true,
+            QmpError::Io { source, .. } => matches!(
+                source.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof | K::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+
     /// QEMU's error class (`GenericError`, `CommandNotFound`, …) when QEMU refused.
     pub fn class(&self) -> Option<&str> {
         match self {
@@ -308,9 +323,7 @@ impl Qmp {
                     source,
                 })?;
             if buf.is_empty() {
-                return Err(QmpError::Protocol(
-                    "qemu closed the monitor connection".into(),
-                ));
+                return Err(QmpError::Closed);
             }
             let (take, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
@@ -411,7 +424,17 @@ impl Qmp {
     pub async fn wait_migration(&mut self, timeout: Duration) -> Result<(), QmpError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.execute("query-migrate", None).await?;
+            let v = match self.execute("query-migrate", None).await {
+                Ok(v) => v,
+                Err(e) if e.is_closed() => {
+                    return Err(QmpError::MigrationFailed(
+                        "qemu exited during the migration (a destination that cannot load \
+                         the stream exits; its log says why)"
+                            .into(),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
             let status = v
                 .get("status")
                 .and_then(Value::as_str)
@@ -440,8 +463,7 @@ impl Qmp {
     pub async fn quit(&mut self) -> Result<(), QmpError> {
         match self.execute("quit", None).await {
             Ok(_) => Ok(()),
-            Err(QmpError::Protocol(m)) if m.contains("closed") => Ok(()),
-            Err(QmpError::Io { .. }) => Ok(()),
+            Err(e) if e.is_closed() => Ok(()),
             Err(e) => Err(e),
         }
     }
