@@ -5,7 +5,9 @@
 //! - backend pause / resume (QMP connect + greeting + `stop` / `cont`) vs
 //!   `query-status` over a fresh monitor connection (the bare QMP round
 //!   trip, [`hearth_vmm::Backend::is_paused`]);
-//! - `Runtime::pause` / `Runtime::resume` (reconcile + QMP + state DB write);
+//! - `Runtime::pause` / `Runtime::resume` (reconcile + QMP + state DB write)
+//!   vs `Runtime::get` (reconcile) and `Runtime::extend` (reconcile + one DB
+//!   write);
 //! - resume → first exec result (`true`, a fresh agent handle) vs an exec of
 //!   `true` on the running sandbox with a fresh handle.
 //!
@@ -68,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let t = ExecSpec::argv(["true"]);
     let (mut qs, mut bp, mut br, mut rp, mut rr, mut first, mut warm) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut get, mut write) = (vec![], vec![]);
     let result = async {
         for _ in 0..rounds {
             let t0 = Instant::now();
@@ -84,6 +87,13 @@ async fn main() -> anyhow::Result<()> {
             let t0 = Instant::now();
             rt.get(&id).await?.exec(&t).await?;
             warm.push(t0.elapsed().as_secs_f64());
+
+            let t0 = Instant::now();
+            rt.get(&id).await?;
+            get.push(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            rt.extend(&id, std::time::Duration::from_secs(3600)).await?;
+            write.push(t0.elapsed().as_secs_f64());
 
             let t0 = Instant::now();
             rt.pause(&id).await?;
@@ -108,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
         "runtime_pause_ms": {"p50": median_ms(&mut rp), "p90": p90_ms(&mut rp)},
         "runtime_resume_ms": {"p50": median_ms(&mut rr), "p90": p90_ms(&mut rr)},
         "resume_to_first_exec_ms": {"p50": median_ms(&mut first), "p90": p90_ms(&mut first)},
+        "runtime_get_ms (reconcile, baseline)": {"p50": median_ms(&mut get), "p90": p90_ms(&mut get)},
+        "runtime_extend_ms (reconcile + one DB write, baseline)": {"p50": median_ms(&mut write), "p90": p90_ms(&mut write)},
         "exec_true_running_ms": {"p50": median_ms(&mut warm), "p90": p90_ms(&mut warm)},
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
