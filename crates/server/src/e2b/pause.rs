@@ -28,6 +28,8 @@ pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Api
             format!("sandbox {id:?} is already paused"),
         ));
     }
+    // Closed before the pause, not during it (see rest::pause).
+    state.forget(&r.id);
     let rec = state.runtime().pause(&r.id).await?;
     state.forget(&rec.id);
     Ok(StatusCode::NO_CONTENT)

@@ -22,8 +22,12 @@ pub async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<SandboxView>> {
+    // The cached handle's agent connection cannot be used while paused, and
+    // is closed before the pause: with vhost-user-vsock, a connection the host
+    // closes while the guest is paused leaves the agent unreachable after the
+    // resume.
+    state.forget(&id);
     let rec = state.runtime().pause(&id).await?;
-    // The cached handle's agent connection cannot be used while paused.
     state.forget(&rec.id);
     Ok(axum::Json(SandboxView::new(&state, &rec)))
 }
