@@ -2,7 +2,8 @@
 //!
 //! Per VM directory: `vhost.sock` (vhost-user, QEMU ↔ vhost-device-vsock),
 //! `vsock.sock` (Firecracker-style hybrid socket for the host), `console.log`,
-//! `qemu.log`, `vhost.log`, `qemu.pid`, `vhost.pid`.
+//! `qemu.log`, `vhost.log`, `qemu.pid`, `vhost.pid`, `qmp.sock` (QEMU's monitor,
+//! see [`qmp`]).
 
 pub mod backend;
 pub mod cmdline;
