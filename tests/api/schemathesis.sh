@@ -9,7 +9,9 @@
 # pinned schemathesis from PyPI), starts `hearth serve` ($HEARTH_BIN, default
 # the release build) with a token file on a fresh state dir, creates ONE
 # sandbox with curl and points every `{id}` path parameter at it. Excluded,
-# because they boot or delete VMs: create, delete, stop and start; and
+# because they boot or delete VMs: create, delete, stop and start; pause and
+# resume, which would leave the one sandbox paused for the other operations
+# (api_pause.rs covers them); and
 # POST /timeout, since a generated short timeout has the reaper delete the
 # sandbox; and GET /exec/ws, a WebSocket handshake that an HTTP fuzzer cannot
 # make (api_rest.rs covers it); and the three whose answer is a stream that
@@ -93,6 +95,8 @@ set +e
     --exclude-operation-id delete_sandbox \
     --exclude-operation-id stop_sandbox \
     --exclude-operation-id start_sandbox \
+    --exclude-operation-id pause_sandbox \
+    --exclude-operation-id resume_sandbox \
     --exclude-operation-id set_sandbox_timeout \
     --exclude-operation-id exec_ws \
     --exclude-operation-id exec_stream \

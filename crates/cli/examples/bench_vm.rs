@@ -220,6 +220,7 @@ async fn baseline_boot(
         link_socket: Some(dir.join("link.sock")),
         drives: Vec::new(),
         user_net: false,
+        qmp_socket: None,
     };
     let qlog = std::fs::File::create(dir.join("qemu.log"))?;
     let t0 = Instant::now();

@@ -22,6 +22,9 @@ pub enum Error {
         status: VmStatus,
         hint: &'static str,
     },
+    /// The sandbox is paused: its agent does not answer until it is resumed.
+    #[error("sandbox {id} is paused; resume it with `hearth vm resume --vm {id}`")]
+    Paused { id: String },
     /// A spec that cannot be run, caught before anything was made.
     #[error("{0}")]
     InvalidSpec(String),
@@ -160,6 +163,7 @@ impl Error {
             Error::NotFound(_)
             | Error::AmbiguousName { .. }
             | Error::WrongState { .. }
+            | Error::Paused { .. }
             | Error::InvalidSpec(_)
             | Error::Admission(_)
             | Error::PersistInUse { .. }

@@ -13,6 +13,7 @@
 //!   [`limits`]: per-exec resource [`Limits`]; [`stats`]: guest [`Stats`].
 //! - [`watch`]: file watches ([`Watch`]); [`expose`]: host listeners forwarded
 //!   to guest ports ([`Exposure`]).
+//! - [`pause`]: pause and resume ([`Runtime::pause`], [`Runtime::resume`]).
 //! - [`lifetime`]: sandbox deadlines ([`Runtime::set_deadline`], [`Runtime::expired`]).
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
@@ -51,6 +52,7 @@ pub mod lifetime;
 pub mod limits;
 pub mod logs;
 pub mod paths;
+pub mod pause;
 pub mod progress;
 pub mod reconcile;
 pub mod runtime;

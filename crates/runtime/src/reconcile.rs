@@ -28,7 +28,8 @@ pub fn judge(
 ) -> Option<Verdict> {
     let mut r = rec.clone();
     match rec.status {
-        VmStatus::Running => match health {
+        // A paused VM's VMM runs like a running one's: the same rule.
+        VmStatus::Running | VmStatus::Paused => match health {
             Some(Health::Running) => None,
             Some(Health::Broken { reason }) => {
                 r.status = VmStatus::Failed;
@@ -102,6 +103,23 @@ mod tests {
         assert_eq!(v.record.status, VmStatus::Failed);
         assert!(v.record.note.unwrap().contains("link proxy"));
         assert!(v.kill);
+    }
+
+    #[test]
+    fn paused_records_stay_paused_while_the_vmm_runs_and_stop_when_it_exits() {
+        let r = rec("a", VmStatus::Paused);
+        let none = |_: &ProcessId| false;
+        assert_eq!(judge(&r, Some(&Health::Running), &none), None);
+        let v = judge(&r, Some(&Health::Exited), &none).unwrap();
+        assert_eq!(v.record.status, VmStatus::Stopped);
+        assert!(v.kill);
+        let broken = Health::Broken {
+            reason: "helper gone".into(),
+        };
+        assert_eq!(
+            judge(&r, Some(&broken), &none).unwrap().record.status,
+            VmStatus::Failed
+        );
     }
 
     #[test]

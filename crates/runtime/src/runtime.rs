@@ -24,10 +24,10 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
-    /// Running and creating sandboxes.
+    /// Running, paused and creating sandboxes.
     pub fn active() -> Self {
         Self {
-            status: vec![VmStatus::Running, VmStatus::Creating],
+            status: vec![VmStatus::Running, VmStatus::Creating, VmStatus::Paused],
             name: None,
         }
     }
@@ -125,7 +125,7 @@ impl Runtime {
         let mut kills = Vec::new();
         for rec in records {
             let health = match (&rec.status, &rec.backend) {
-                (VmStatus::Running, Some(h)) => {
+                (s, Some(h)) if s.has_vmm() => {
                     Some(self.backend().health(h).unwrap_or_else(|e| Health::Broken {
                         reason: e.to_string(),
                     }))

@@ -72,6 +72,7 @@ impl Sandbox {
     /// A connection of its own to the agent (for a stream that holds one,
     /// like a log follow), apart from the shared [`Sandbox::agent`].
     pub(crate) async fn new_connection(&self) -> Result<hearth_client::Client> {
+        self.refuse_paused()?;
         let handle = self.record.backend.as_ref().ok_or_else(|| {
             Error::Internal(format!("vm {} has no backend handle", self.record.id))
         })?;
@@ -90,6 +91,7 @@ impl Sandbox {
     pub async fn agent(&self) -> Result<&Agent> {
         self.agent
             .get_or_try_init(|| async {
+                self.refuse_paused()?;
                 if self.record.status != VmStatus::Running {
                     return Err(Error::WrongState {
                         id: self.record.id.clone(),

@@ -124,6 +124,12 @@ impl AppState {
             return Ok(s);
         }
         let s = self.runtime().get(key).await?;
+        if s.status() == VmStatus::Paused {
+            return Err(hearth_runtime::Error::Paused {
+                id: s.id().to_string(),
+            }
+            .into());
+        }
         if s.status() != VmStatus::Running {
             return Err(hearth_runtime::Error::WrongState {
                 id: s.id().to_string(),

@@ -117,6 +117,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::AmbiguousName { .. } => (StatusCode::CONFLICT, "ambiguous_name"),
             Error::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
+            Error::Paused { .. } => (StatusCode::CONFLICT, "paused"),
             Error::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             Error::Admission(_) => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             Error::PersistInUse { .. } | Error::ImageInUse { .. } => {

@@ -62,6 +62,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// every process of the sandbox is gone.
     async fn stop(&self, handle: &BackendHandle, graceful: Duration) -> Result<(), VmmError>;
 
+    /// Stops the guest's vCPUs; the VMM keeps running and holding its memory.
+    /// Pausing a paused sandbox is not an error.
+    async fn pause(&self, handle: &BackendHandle) -> Result<(), VmmError>;
+
+    /// Lets a paused guest run again; resuming a running one is not an error.
+    async fn resume(&self, handle: &BackendHandle) -> Result<(), VmmError>;
+
+    /// Whether the VMM reports the guest's vCPUs stopped (asks the VMM).
+    async fn is_paused(&self, handle: &BackendHandle) -> Result<bool, VmmError>;
+
     /// Ends whatever of the sandbox still runs, at once.
     async fn kill(&self, handle: &BackendHandle) -> Result<(), VmmError>;
 
@@ -69,7 +79,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// (a boot interrupted by a crash or a cancel).
     async fn kill_leftovers(&self, dir: &Path);
 
-    /// The host processes of a sandbox, by role (`qemu`, `vhost`), for display.
+    /// The host processes of a sandbox, by role (`qemu`, `proxy`), for display.
     fn processes(&self, handle: &BackendHandle) -> Vec<(&'static str, u32)>;
 
     /// The accelerator it boots with (`kvm`, `tcg`, …), for display.

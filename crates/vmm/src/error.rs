@@ -75,6 +75,14 @@ pub enum VmmError {
     },
     #[error("a {backend} sandbox handle is unreadable: {reason}")]
     BadHandle { backend: String, reason: String },
+    #[error("vm {id}: qemu monitor request failed")]
+    Qmp {
+        id: String,
+        #[source]
+        source: crate::qemu::qmp::QmpError,
+    },
+    #[error("vm {id} has no qemu monitor socket at {} (booted by an older hearth?); stop and start it to get one", .path.display())]
+    NoMonitor { id: String, path: PathBuf },
     #[error("vm {id}: agent connection failed")]
     Client {
         id: String,

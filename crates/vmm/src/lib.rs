@@ -4,7 +4,8 @@
 //!   backend-neutral [`BackendHandle`] it stores.
 //! - [`sandbox`]: [`SandboxConfig`], what a sandbox is made of.
 //! - [`qemu`]: QEMU `microvm` + the VM link proxy (argv builder, detached launch,
-//!   KVM probe, boot watchdog, stop).
+//!   KVM probe, boot watchdog, stop; the QMP client `qemu::qmp` and pause/resume
+//!   `qemu::pause`).
 //! - [`process`]: pid + start-time identities and pidfd signalling, so a recycled
 //!   pid is never signalled.
 //! - [`console`]: reading the console log (tails for error messages, `logs`).

@@ -46,6 +46,7 @@ impl Runtime {
         let rec = resolve(&all, key)?.clone();
         match rec.status {
             VmStatus::Stopped | VmStatus::Failed => {}
+            VmStatus::Paused => return Err(Error::Paused { id: rec.id }),
             VmStatus::Running | VmStatus::Creating => {
                 return Err(Error::WrongState {
                     id: rec.id,

@@ -34,7 +34,8 @@ impl Runtime {
 
     async fn stop_record(&self, rec: &VmRecord, progress: &SharedProgress) -> Result<VmRecord> {
         match rec.status {
-            VmStatus::Running => {}
+            // The backend resumes a paused guest so it can power off.
+            VmStatus::Running | VmStatus::Paused => {}
             VmStatus::Creating => {
                 return Err(Error::WrongState {
                     id: rec.id.clone(),

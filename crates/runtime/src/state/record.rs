@@ -15,14 +15,18 @@ pub enum VmStatus {
     Running,
     Stopped,
     Failed,
+    /// The VMM runs but the guest's vCPUs are stopped (`hearth vm pause`);
+    /// its agent does not answer until it is resumed.
+    Paused,
 }
 
 impl VmStatus {
-    pub const ALL: [VmStatus; 4] = [
+    pub const ALL: [VmStatus; 5] = [
         VmStatus::Creating,
         VmStatus::Running,
         VmStatus::Stopped,
         VmStatus::Failed,
+        VmStatus::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -31,12 +35,22 @@ impl VmStatus {
             VmStatus::Running => "running",
             VmStatus::Stopped => "stopped",
             VmStatus::Failed => "failed",
+            VmStatus::Paused => "paused",
         }
     }
 
-    /// Whether it holds host resources (memory, CPUs) now.
+    /// Whether it holds host resources (memory, CPUs) now. A paused VM keeps
+    /// its memory.
     pub fn is_active(self) -> bool {
-        matches!(self, VmStatus::Creating | VmStatus::Running)
+        matches!(
+            self,
+            VmStatus::Creating | VmStatus::Running | VmStatus::Paused
+        )
+    }
+
+    /// Whether its VMM process is meant to run (its backend handle is live).
+    pub fn has_vmm(self) -> bool {
+        matches!(self, VmStatus::Running | VmStatus::Paused)
     }
 }
 
@@ -53,7 +67,9 @@ impl std::str::FromStr for VmStatus {
         VmStatus::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown status {s:?} (creating, running, stopped, failed)"))
+            .ok_or_else(|| {
+                format!("unknown status {s:?} (creating, running, stopped, failed, paused)")
+            })
     }
 }
 

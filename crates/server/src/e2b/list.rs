@@ -4,8 +4,8 @@
 //! - `metadata` comes URL-encoded twice: the SDK quotes each key and value,
 //!   joins them as `k=v&...`, and the whole string is encoded again as the
 //!   query value. Every pair must match.
-//! - `state` is comma-joined (`running,paused`); only running sandboxes
-//!   exist for E2B clients (stopped or failed hearth sandboxes are hidden).
+//! - `state` is comma-joined (`running,paused`); only running and paused
+//!   sandboxes exist for E2B clients (stopped or failed ones are hidden).
 //! - `template`, `startedAfter` (RFC 3339), `order` (`asc`, the default, or
 //!   `desc` by start time), `limit` (1..=1000, default 100).
 //! - The order is stable: start time, then id. `nextToken` is opaque (hex of
@@ -177,10 +177,14 @@ fn created_ms(r: &VmRecord) -> u64 {
 
 /// One page of `records` (any order) and the cursor of the next one.
 pub fn page<'a>(records: &'a [VmRecord], q: &ListQuery) -> (Vec<&'a VmRecord>, Option<Cursor>) {
-    let wants_running = q.states.is_empty() || q.states.contains(&State2::Running);
+    let wants = |s: State2| q.states.is_empty() || q.states.contains(&s);
     let mut v: Vec<&VmRecord> = records
         .iter()
-        .filter(|r| wants_running && r.status == VmStatus::Running)
+        .filter(|r| match r.status {
+            VmStatus::Running => wants(State2::Running),
+            VmStatus::Paused => wants(State2::Paused),
+            VmStatus::Creating | VmStatus::Stopped | VmStatus::Failed => false,
+        })
         .filter(|r| {
             q.metadata
                 .iter()
@@ -226,7 +230,7 @@ pub async fn list(
     let records = state
         .runtime()
         .list(&ListFilter {
-            status: vec![VmStatus::Running],
+            status: vec![VmStatus::Running, VmStatus::Paused],
             name: None,
         })
         .await?;

@@ -3,11 +3,13 @@
 //!
 //! - [`model`]: the JSON types, [`model::ApiJson`] (bad JSON → JSON 400).
 //! - [`sandboxes`]: create, get, kill, connect, timeout, metrics, pause.
+//! - [`pause`]: pause, resume (and connect resuming a paused sandbox).
 //! - [`list`]: the list with its filters and pagination.
 //! - [`templates`]: E2B template → hearth image.
 
 pub mod list;
 pub mod model;
+pub mod pause;
 pub mod sandboxes;
 pub mod templates;
 
@@ -29,7 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/sandboxes/{id}/connect", post(s::connect))
         .route("/v2/sandboxes/{id}/connect", post(s::connect))
         .route("/sandboxes/{id}/metrics", get(s::metrics))
-        .route("/sandboxes/{id}/pause", post(s::unsupported))
+        .route("/sandboxes/{id}/pause", post(pause::pause))
+        .route("/sandboxes/{id}/resume", post(pause::resume))
         .route("/sandboxes/{id}/snapshots", post(s::unsupported))
         .route("/sandboxes/{id}/fork", post(s::unsupported))
         .method_not_allowed_fallback(method_not_allowed)

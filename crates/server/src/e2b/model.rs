@@ -131,8 +131,8 @@ pub struct SandboxDetail {
     #[serde(rename = "diskSizeMB")]
     pub disk_size_mb: u64,
     pub metadata: BTreeMap<String, String>,
-    /// Always `running`: E2B knows only running and paused, and stopped or
-    /// failed hearth sandboxes are not shown to E2B clients.
+    /// `running` or `paused`: E2B knows only these, and stopped or failed
+    /// hearth sandboxes are not shown to E2B clients.
     pub state: String,
     #[serde(
         rename = "allowInternetAccess",

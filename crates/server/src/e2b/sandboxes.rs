@@ -1,7 +1,8 @@
-//! Create, get, kill, connect, timeout, metrics and pause of one sandbox.
+//! Create, get, kill, connect, timeout and metrics of one sandbox (pause
+//! and resume: [`super::pause`]).
 //!
-//! E2B's view: only running hearth sandboxes exist. A stopped or failed one
-//! (or one still being created) is 404 to get, connect, timeout and metrics,
+//! E2B's view: only running and paused hearth sandboxes exist. A stopped or
+//! failed one (or one still being created) is 404 to get, connect, timeout and metrics,
 //! and is not listed; `DELETE` removes a hearth sandbox in any state.
 
 use std::sync::Arc;
@@ -28,10 +29,24 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("sandbox {id:?} was not found"))
 }
 
+/// E2B's name of a listed sandbox's state.
+pub fn e2b_state(s: VmStatus) -> &'static str {
+    match s {
+        VmStatus::Paused => "paused",
+        VmStatus::Creating | VmStatus::Running | VmStatus::Stopped | VmStatus::Failed => "running",
+    }
+}
+
 /// The running record `id`, or 404 (unknown, or not running).
 async fn running(state: &AppState, id: &str) -> ApiResult<VmRecord> {
+    live(state, id, false).await
+}
+
+/// The running (or, with `paused_too`, paused) record `id`, or 404.
+pub(crate) async fn live(state: &AppState, id: &str, paused_too: bool) -> ApiResult<VmRecord> {
     match state.runtime().get(id).await {
         Ok(s) if s.status() == VmStatus::Running => Ok(s.record().clone()),
+        Ok(s) if paused_too && s.status() == VmStatus::Paused => Ok(s.record().clone()),
         Ok(s) => {
             state.forget(id);
             Err(ApiError::not_found(format!(
@@ -79,7 +94,7 @@ pub fn detail(state: &AppState, r: &VmRecord, with_secrets: bool) -> SandboxDeta
         memory_mb: r.mem_mib,
         disk_size_mb: r.disk_mib,
         metadata: r.metadata.clone(),
-        state: "running".into(),
+        state: e2b_state(r.status).into(),
         allow_internet_access: with_secrets.then_some(r.network == Network::AllowAll),
     }
 }
@@ -111,7 +126,7 @@ pub async fn create(
     });
     if body.auto_pause == Some(true) {
         tracing::info!(
-            "autoPause requested: hearth has no pause yet; the sandbox is removed at its timeout"
+            "autoPause requested: hearth does not pause at the timeout; the sandbox is removed then"
         );
     }
     let spec = CreateSpec {
@@ -170,7 +185,7 @@ pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SandboxDetail>> {
-    let r = running(&state, &id).await?;
+    let r = live(&state, &id, true).await?;
     Ok(Json(detail(&state, &r, true)))
 }
 
@@ -191,21 +206,26 @@ pub async fn set_timeout(
     ApiJson(body): ApiJson<TimeoutRequest>,
 ) -> ApiResult<StatusCode> {
     let life = lifetime(body.timeout, state.settings().max_timeout)?;
-    let r = running(&state, &id).await?;
+    let r = live(&state, &id, true).await?;
     state.runtime().extend(&r.id, life).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /sandboxes/{id}/connect`, `POST /v2/sandboxes/{id}/connect`: 200
-/// Sandbox for a running one. A `timeout` moves the deadline to now +
-/// timeout only if that is later (E2B: connecting never shortens a
-/// sandbox's life).
+/// Sandbox for a running one, 201 for a paused one, which is resumed. A
+/// `timeout` moves the deadline to now + timeout only if that is later
+/// (E2B: connecting never shortens a sandbox's life).
 pub async fn connect(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConnectRequest>,
 ) -> ApiResult<(StatusCode, Json<SandboxOut>)> {
-    let mut r = running(&state, &id).await?;
+    let mut r = live(&state, &id, true).await?;
+    let mut code = StatusCode::OK;
+    if r.status == VmStatus::Paused {
+        r = super::pause::resume_record(&state, &r.id).await?;
+        code = StatusCode::CREATED;
+    }
     if let Some(t) = body.timeout {
         let life = lifetime(t, state.settings().max_timeout)?;
         let new_end = millis(SystemTime::now() + life);
@@ -213,7 +233,7 @@ pub async fn connect(
             r = state.runtime().extend(&r.id, life).await?;
         }
     }
-    Ok((StatusCode::OK, Json(sandbox_out(&state, &r))))
+    Ok((code, Json(sandbox_out(&state, &r))))
 }
 
 /// `GET /sandboxes/{id}/metrics`: one sample now (CPU use over 200 ms).
@@ -251,12 +271,14 @@ pub async fn metrics(
     }]))
 }
 
-/// Pause, snapshots and fork need snapshots, which hearth does not have
+/// Snapshots and fork need snapshots, which hearth does not have
 /// yet: 501, which the SDK raises as a `SandboxException` carrying the message.
 pub async fn unsupported(Path(id): Path<String>) -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "unimplemented",
-        format!("pause, snapshots and fork are not supported by hearth yet (sandbox {id:?} keeps running)"),
+        format!(
+            "snapshots and fork are not supported by hearth yet (sandbox {id:?} keeps running)"
+        ),
     )
 }

@@ -2,7 +2,7 @@
 //! document at `/v1/openapi.json`.
 //!
 //! - [`sandboxes`]: create (plain, or SSE progress), list, get, delete,
-//!   timeout, stop, start. [`stats`], [`logs`]: per-sandbox reads.
+//!   timeout, stop, start; [`pause`]: pause, resume. [`stats`], [`logs`]: per-sandbox reads.
 //! - [`exec`]: collected, SSE and WebSocket execs, stdin, the live-exec registry.
 //! - [`files`]: streaming download/upload, list, stat, mkdir, remove, rename.
 //! - [`processes`]: background processes.
@@ -23,6 +23,7 @@ pub mod files;
 pub mod logs;
 pub mod model;
 pub mod openapi;
+pub mod pause;
 pub mod processes;
 pub mod sandboxes;
 pub mod stats;
@@ -39,6 +40,8 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{sb}/timeout"), post(sandboxes::timeout))
         .route(&format!("{sb}/stop"), post(sandboxes::stop))
         .route(&format!("{sb}/start"), post(sandboxes::start))
+        .route(&format!("{sb}/pause"), post(pause::pause))
+        .route(&format!("{sb}/resume"), post(pause::resume))
         .route(&format!("{sb}/exec"), post(exec::exec))
         .route(&format!("{sb}/exec/stream"), post(exec::exec_stream))
         .route(&format!("{sb}/exec/ws"), get(exec::exec_ws))

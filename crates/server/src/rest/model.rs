@@ -18,6 +18,7 @@ pub enum Status {
     Running,
     Stopped,
     Failed,
+    Paused,
 }
 
 impl From<VmStatus> for Status {
@@ -27,6 +28,7 @@ impl From<VmStatus> for Status {
             VmStatus::Running => Status::Running,
             VmStatus::Stopped => Status::Stopped,
             VmStatus::Failed => Status::Failed,
+            VmStatus::Paused => Status::Paused,
         }
     }
 }
@@ -38,6 +40,7 @@ impl From<Status> for VmStatus {
             Status::Running => VmStatus::Running,
             Status::Stopped => VmStatus::Stopped,
             Status::Failed => VmStatus::Failed,
+            Status::Paused => VmStatus::Paused,
         }
     }
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{exec, files, logs, processes, sandboxes, stats};
+use super::{exec, files, logs, pause, processes, sandboxes, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,6 +12,7 @@ use super::{exec, files, logs, processes, sandboxes, stats};
     paths(
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::delete,
         sandboxes::timeout, sandboxes::stop, sandboxes::start,
+        pause::pause, pause::resume,
         exec::exec, exec::exec_stream, exec::stdin, exec::exec_ws,
         files::download, files::upload, files::list, files::stat, files::mkdir,
         files::remove, files::rename,
@@ -155,7 +156,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n, "operation ids repeat");
-        assert_eq!(n, 24);
+        assert_eq!(n, 26);
         let schemes = &doc["components"]["securitySchemes"];
         assert_eq!(schemes["bearer"]["scheme"], "bearer");
         assert_eq!(schemes["api_key"]["name"], "X-API-Key");

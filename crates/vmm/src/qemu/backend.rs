@@ -139,6 +139,18 @@ impl Backend for QemuBackend {
         Self::vm(handle)?.stop(graceful).await
     }
 
+    async fn pause(&self, handle: &BackendHandle) -> Result<(), VmmError> {
+        Self::vm(handle)?.pause().await
+    }
+
+    async fn resume(&self, handle: &BackendHandle) -> Result<(), VmmError> {
+        Self::vm(handle)?.resume().await
+    }
+
+    async fn is_paused(&self, handle: &BackendHandle) -> Result<bool, VmmError> {
+        Self::vm(handle)?.is_paused().await
+    }
+
     async fn kill(&self, handle: &BackendHandle) -> Result<(), VmmError> {
         Self::vm(handle)?.kill().await;
         Ok(())

@@ -53,6 +53,9 @@ pub struct QemuArgs {
     /// Attach a virtio-net NIC on QEMU's user-mode network (slirp). `false`
     /// means no NIC at all (`-nodefaults` removes QEMU's default one).
     pub user_net: bool,
+    /// The QMP monitor socket QEMU listens on (`-qmp unix:PATH,server=on,wait=off`,
+    /// see [`super::qmp`]); `None` for no monitor.
+    pub qmp_socket: Option<PathBuf>,
 }
 
 /// Host page cache policy of a disk.
@@ -186,6 +189,9 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     for d in &a.drives {
         v.extend(drive_args(d));
     }
+    if let Some(sock) = &a.qmp_socket {
+        v.extend([os("-qmp"), qmp_arg(sock)]);
+    }
     if a.user_net {
         v.extend([
             os("-netdev"),
@@ -195,6 +201,14 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
         ]);
     }
     v
+}
+
+/// `unix:PATH,server=on,wait=off`: QEMU creates and listens on the socket
+/// itself and never waits for a client.
+pub fn qmp_arg(sock: &Path) -> OsString {
+    let mut s = path_arg("unix:", sock);
+    s.push(",server=on,wait=off");
+    s
 }
 
 /// Name of the agent's virtio-serial port (the guest finds it by this name).
@@ -245,6 +259,7 @@ mod tests {
             link_socket: Some("/vm/link.sock".into()),
             drives: Vec::new(),
             user_net: false,
+            qmp_socket: Some("/vm/qmp.sock".into()),
         }
     }
 
@@ -379,6 +394,18 @@ mod tests {
         assert!(!v.iter().any(|x| x == "-netdev" || x.contains("virtio-net")));
         // -nodefaults keeps QEMU from adding a NIC of its own.
         assert!(v.iter().any(|x| x == "-nodefaults"));
+    }
+
+    #[test]
+    fn qmp_socket_is_a_listening_unix_server_that_never_waits() {
+        let v = strs(&qemu_argv(&args()));
+        assert_eq!(
+            value_after(&v, "-qmp"),
+            ["unix:/vm/qmp.sock,server=on,wait=off"]
+        );
+        let mut a = args();
+        a.qmp_socket = None;
+        assert!(!strs(&qemu_argv(&a)).iter().any(|x| x == "-qmp"));
     }
 
     #[test]

@@ -6,13 +6,16 @@
 //! Per VM directory: `link.sock` (QEMU's chardev socket behind the port,
 //! QEMU ↔ proxy), `vsock.sock` (the Firecracker-style hybrid socket for host
 //! clients), `link.ctl` (the proxy's control socket), `console.log`,
-//! `qemu.log`, `proxy.log`, `qemu.pid`, `proxy.pid`.
+//! `qemu.log`, `proxy.log`, `qemu.pid`, `proxy.pid`, `qmp.sock` (QEMU's
+//! monitor, see [`qmp`]).
 
 pub mod backend;
 pub mod cmdline;
 pub mod jail;
 pub mod kvm;
 pub mod launch;
+pub mod pause;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,6 +70,8 @@ pub mod files {
     /// Left by hearth versions that used vhost-device-vsock.
     pub const LEGACY_VHOST_PID: &str = "vhost.pid";
     pub const LEGACY_VHOST_SOCK: &str = "vhost.sock";
+    /// QEMU's QMP monitor (see [`super::qmp`]).
+    pub const QMP_SOCK: &str = "qmp.sock";
 }
 
 /// Everything needed to find a running VM again from another process: it is
@@ -123,6 +128,8 @@ impl VmHandle {
     /// sure QEMU and the link proxy are gone, signalling only our own pids.
     pub async fn stop(&self, graceful: Duration) -> Result<(), VmmError> {
         if self.qemu.is_alive() {
+            // A paused guest cannot answer SHUTDOWN.
+            self.resume_for_stop().await;
             let asked = match self.connect(Duration::from_secs(3)).await {
                 Ok(client) => client.shutdown().await.is_ok(),
                 Err(e) => {
@@ -140,6 +147,7 @@ impl VmHandle {
             files::LINK_SOCK,
             files::LINK_CTL,
             files::LEGACY_VHOST_SOCK,
+            files::QMP_SOCK,
         ] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
@@ -192,6 +200,7 @@ impl QemuFactory {
             files::LINK_CTL,
             files::VSOCK_SOCK,
             files::CONSOLE_LOG,
+            files::QMP_SOCK,
         ] {
             let _ = std::fs::remove_file(dir.join(f));
         }
@@ -227,6 +236,7 @@ impl QemuFactory {
             link_socket: Some(link_sock.clone()),
             drives: disks,
             user_net: cfg.network == Network::AllowAll,
+            qmp_socket: Some(dir.join(files::QMP_SOCK)),
         };
         // The serial console goes through a pipe to the logger, which bounds
         // and rotates console.log; it exits when QEMU does.

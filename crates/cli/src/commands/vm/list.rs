@@ -4,10 +4,10 @@ use hearth_runtime::{ListFilter, Runtime, VmStatus};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Only VMs in this state (creating, running, stopped, failed).
+    /// Only VMs in this state (creating, running, paused, stopped, failed).
     #[arg(long)]
     pub status: Option<VmStatus>,
-    /// Include stopped and failed VMs.
+    /// Include stopped and failed VMs (running, paused and creating ones are always shown).
     #[arg(long)]
     pub all: bool,
     /// Print JSON instead of a table.

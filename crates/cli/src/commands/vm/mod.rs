@@ -10,7 +10,9 @@ pub mod expose;
 pub mod kill;
 pub mod list;
 pub mod logs;
+pub mod pause;
 pub mod ps;
+pub mod resume;
 pub mod run;
 pub mod select;
 pub mod shell;
@@ -43,6 +45,10 @@ pub enum Cmd {
     Logs(logs::Args),
     /// Show a VM's CPU, memory, disk, load, process and network use.
     Stats(stats::Args),
+    /// Pause VMs: their vCPUs stop, memory and processes stay (see `resume`).
+    Pause(pause::Args),
+    /// Resume paused VMs.
+    Resume(resume::Args),
     /// Stop VMs (the records stay; see `clean`).
     Stop(stop::Args),
     /// Stop VMs and remove their directories, records and persist volumes.
@@ -71,6 +77,8 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::List(a) => list::run(state, a).await,
         Cmd::Logs(a) => logs::run(state, a).await,
         Cmd::Stats(a) => stats::run(state, a).await,
+        Cmd::Pause(a) => pause::run(state, a).await,
+        Cmd::Resume(a) => resume::run(state, a).await,
         Cmd::Stop(a) => stop::run(state, a).await,
         Cmd::Clean(a) => clean::run(state, a).await,
         Cmd::Shell(a) => shell::run(state, a).await,

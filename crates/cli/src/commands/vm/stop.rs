@@ -11,16 +11,17 @@ pub struct Args {
     /// VM ids or names to stop (repeatable).
     #[arg(long)]
     pub vm: Vec<String>,
-    /// Stop every running VM.
+    /// Stop every running or paused VM.
     #[arg(long)]
     pub all: bool,
 }
 
 pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
-    let recs = select(rt, &a.vm, a.all, |r| r.status == VmStatus::Running).await?;
+    let live = |s: VmStatus| matches!(s, VmStatus::Running | VmStatus::Paused);
+    let recs = select(rt, &a.vm, a.all, |r| live(r.status)).await?;
     let mut failed = 0;
     for r in recs {
-        if r.status != VmStatus::Running {
+        if !live(r.status) {
             eprintln!("hearth: vm {} is already {}", r.id, r.status);
             continue;
         }

@@ -428,6 +428,11 @@ impl VmJail {
             .as_deref()
             .map(|p| self.vm_path(p))
             .transpose()?;
+        a.qmp_socket = args
+            .qmp_socket
+            .as_deref()
+            .map(|p| self.vm_path(p))
+            .transpose()?;
         for d in &mut a.drives {
             let (_, inside, source, writable) = self
                 .disks
