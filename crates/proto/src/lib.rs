@@ -12,6 +12,7 @@
 pub mod background;
 pub mod frame;
 pub mod message;
+pub mod restore;
 
 /// Payload types generated from `proto/hearth.proto`.
 #[allow(clippy::all, missing_docs)]
