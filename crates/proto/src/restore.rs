@@ -60,7 +60,9 @@ pub fn validate_hostname(h: &str) -> Result<(), String> {
     for label in h.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -318,14 +320,31 @@ mod tests {
         };
         assert_eq!(
             r.encode_to_vec(),
-            [1 << 3, 1, 2 << 3, 2, 3 << 3 | 2, 1, 3, 4 << 3 | 2, 1, b'h', 5 << 3 | 2, 1, b'm']
+            [
+                1 << 3,
+                1,
+                2 << 3,
+                2,
+                3 << 3 | 2,
+                1,
+                3,
+                4 << 3 | 2,
+                1,
+                b'h',
+                5 << 3 | 2,
+                1,
+                b'm'
+            ]
         );
         let f = pb::FsFreeze {
             action: 2,
             paths: vec!["/".into()],
             timeout_ms: 1,
         };
-        assert_eq!(f.encode_to_vec(), [1 << 3, 2, 2 << 3 | 2, 1, b'/', 3 << 3, 1]);
+        assert_eq!(
+            f.encode_to_vec(),
+            [1 << 3, 2, 2 << 3 | 2, 1, b'/', 3 << 3, 1]
+        );
         let info = pb::SystemInfoResult {
             generation: 1,
             frozen: vec!["/".into()],
