@@ -13,6 +13,8 @@
 //!   [`limits`]: per-exec resource [`Limits`]; [`stats`]: guest [`Stats`].
 //! - [`watch`]: file watches ([`Watch`]); [`expose`]: host listeners forwarded
 //!   to guest ports ([`Exposure`]).
+//! - [`restore_hooks`]: [`RestoreInfo`], `notify_restored`, `freeze_fs`, `thaw_fs`
+//!   (the guest side of snapshots).
 //! - [`lifetime`]: sandbox deadlines ([`Runtime::set_deadline`], [`Runtime::expired`]).
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
@@ -53,6 +55,7 @@ pub mod logs;
 pub mod paths;
 pub mod progress;
 pub mod reconcile;
+pub mod restore_hooks;
 pub mod runtime;
 pub mod sandbox;
 pub mod state;
@@ -72,6 +75,7 @@ pub use lifecycle::{CreateSpec, PersistSpec, Removed};
 pub use limits::{format_bytes, parse_size, Limits};
 pub use logs::{LogEvent, LogFollow, LogLine, LogQuery, LogSource};
 pub use progress::{NoProgress, Progress, SharedProgress, Step};
+pub use restore_hooks::RestoreInfo;
 pub use runtime::{ListFilter, Runtime};
 pub use sandbox::Sandbox;
 pub use state::{VmRecord, VmStatus};
