@@ -80,12 +80,21 @@ async fn proc_state(sb: &Sandbox, pid: u32) -> String {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_hooks_set_clock_names_and_freeze_really_blocks_writes() {
+#[test]
+fn restore_hooks_set_clock_names_and_freeze_really_blocks_writes() {
     let _g = vm_lock();
     let env = Env::new();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(restore_hooks(&env));
+}
+
+async fn restore_hooks(env: &Env) {
     let id = env.create(&["--language", "python", "--mem", "512", "--network", "none"]);
-    let rt = runtime(&env).await;
+    let rt = runtime(env).await;
     let sb = rt.get(&id).await.expect("get the sandbox");
 
     // A clock far in the past, as a restored snapshot's would be.
