@@ -16,6 +16,7 @@
 //!   resource limits.
 //! - `watch`: file watch streams ([`WatchStream`]); `port`: port streams to
 //!   guest TCP ports ([`PortStream`]).
+//! - `restore_hooks`: `GUEST_RESTORED` and `FS_FREEZE` (snapshots).
 //! - [`error`]: [`ClientError`] and its retryability.
 
 mod background;
@@ -32,6 +33,7 @@ mod limits;
 mod logs;
 mod ops;
 mod port;
+mod restore_hooks;
 mod stats;
 mod stdin_close;
 mod transport;

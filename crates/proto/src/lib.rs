@@ -13,6 +13,7 @@ pub mod background;
 pub mod frame;
 pub mod message;
 pub mod mux;
+pub mod restore;
 
 /// Payload types generated from `proto/hearth.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -141,6 +141,10 @@ message_types! {
     StreamClose = 0x2D => pb::StreamClose,
     /// Guest to host: the terminal frame of a watch or port stream.
     StreamEnd = 0x2E => pb::StreamEnd,
+    /// Host to guest after a restore or fork (CAPABILITY_RESTORE_HOOKS).
+    GuestRestored = 0x24 => pb::GuestRestored,
+    /// Freezes or thaws guest filesystems (CAPABILITY_FS_FREEZE).
+    FsFreeze = 0x27 => pb::FsFreeze,
     Error = 0xFF => pb::Error,
 }
 
@@ -258,6 +262,10 @@ impl Message {
                 }
                 Ok(())
             }
+            Message::GuestRestored(m) => {
+                crate::restore::validate_guest_restored(m).or_else(invalid)
+            }
+            Message::FsFreeze(m) => crate::restore::validate_fs_freeze(m).or_else(invalid),
             Message::Ready(_)
             | Message::Ping(_)
             | Message::Pong(_)
@@ -471,6 +479,8 @@ mod tests {
             (PortData, 0x2C),
             (StreamClose, 0x2D),
             (StreamEnd, 0x2E),
+            (GuestRestored, 0x24),
+            (FsFreeze, 0x27),
             (Error, 0xFF),
         ];
         assert_eq!(
@@ -503,6 +513,14 @@ mod tests {
         assert_eq!(C::AgentLog as i32, 13);
         assert_eq!([C::Pty, C::Background].map(|c| c as i32), [7, 8]);
         assert_eq!([C::ExecLimits, C::Stats].map(|c| c as i32), [9, 10]);
+        assert_eq!([C::RestoreHooks, C::FsFreeze].map(|c| c as i32), [16, 17]);
+        assert_eq!(
+            [
+                pb::FsFreezeAction::Freeze as i32,
+                pb::FsFreezeAction::Thaw as i32
+            ],
+            [1, 2]
+        );
         assert_eq!(
             [
                 E::BadFrame,

@@ -14,6 +14,8 @@
 //! - [`watch`]: file watches ([`Watch`]); [`expose`]: host listeners forwarded
 //!   to guest ports ([`Exposure`]).
 //! - [`pause`]: pause and resume ([`Runtime::pause`], [`Runtime::resume`]).
+//! - [`restore_hooks`]: [`RestoreInfo`], `notify_restored`, `freeze_fs`, `thaw_fs`
+//!   (the guest side of snapshots).
 //! - [`lifetime`]: sandbox deadlines ([`Runtime::set_deadline`], [`Runtime::expired`]).
 //! - [`images`]: the boot initramfs and root images (language and user images).
 //! - [`state`]: the redb state DB, its records and schema migrations.
@@ -55,6 +57,7 @@ pub mod paths;
 pub mod pause;
 pub mod progress;
 pub mod reconcile;
+pub mod restore_hooks;
 pub mod runtime;
 pub mod sandbox;
 pub mod state;
@@ -74,6 +77,7 @@ pub use lifecycle::{CreateSpec, PersistSpec, Removed};
 pub use limits::{format_bytes, parse_size, Limits};
 pub use logs::{LogEvent, LogFollow, LogLine, LogQuery, LogSource};
 pub use progress::{NoProgress, Progress, SharedProgress, Step};
+pub use restore_hooks::RestoreInfo;
 pub use runtime::{ListFilter, Runtime};
 pub use sandbox::Sandbox;
 pub use state::{VmRecord, VmStatus};

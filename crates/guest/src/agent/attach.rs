@@ -36,11 +36,12 @@ pub async fn run(
 ) {
     let target = Target::new(req.pid, &req.tag);
     let Some(proc) = shared.procs.find(&target) else {
-        let err = error(
-            pb::ErrorCode::NotFound,
-            format!("no background process with {target}"),
-            0,
-        );
+        let lost = match target {
+            Target::Pid(pid) => shared.restore.lost_reason(pid),
+            Target::Tag(_) => None,
+        };
+        let msg = lost.unwrap_or_else(|| format!("no background process with {target}"));
+        let err = error(pb::ErrorCode::NotFound, msg, 0);
         let _ = writer.send(seq, &err).await;
         return;
     };

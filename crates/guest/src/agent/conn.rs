@@ -23,8 +23,8 @@ use super::session::{self, Io, Limits, Sink};
 use super::splice::ConnWrite;
 use super::writer::Writer;
 use super::{
-    attach, detach, exec, file_read, file_write, files, liveness, logbuf, oneshot, port,
-    process_ops, pty_session, stats, stdin_close, sysinfo, watch, Shared,
+    attach, detach, exec, file_read, file_write, files, fs_freeze, liveness, logbuf, oneshot, port,
+    process_ops, pty_session, restored, stats, stdin_close, sysinfo, watch, Shared,
 };
 
 /// Default output credit of a streaming exec.
@@ -70,6 +70,7 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
         return;
     }
     let routes = Routes::default();
+    let conn = shared.restore.register(fd);
     let (closed_tx, closed) = tokio::sync::watch::channel(false);
     // The thread holds the read half, which keeps `fd` open while it reads.
     let spawned = liveness::spawn(fd, rd, shared.max_frame_len, writer.clone(), routes.clone());
@@ -93,6 +94,7 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
         writer: writer.clone(),
         routes: routes.clone(),
         shared,
+        conn_id: conn.id,
     };
     while let Some(ev) = events.recv().await {
         match ev {
@@ -110,6 +112,7 @@ pub async fn serve<S: Conn>(stream: S, shared: Arc<Shared>) {
     }
     // Nobody is left to read answers: sessions are ended, their output
     // drained and dropped; chunked writes are discarded; reads stop.
+    restored::connection_closed(&cx.shared, &routes, conn.generation);
     routes.end_all(CONN_GRACE);
     let _ = closed_tx.send(true);
 }
@@ -122,6 +125,8 @@ struct Cx {
     routes: Routes,
     streams: StreamFrames,
     shared: Arc<Shared>,
+    /// This connection in `Shared::restore`.
+    conn_id: u64,
 }
 
 async fn reply(writer: &Writer, seq: u32, msg: Message) {
@@ -205,11 +210,11 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
             });
         }
         Message::SystemInfo(_) => {
-            let writer = writer.clone();
+            let (writer, shared) = (writer.clone(), cx.shared.clone());
             tokio::spawn(async move {
                 let answer = tokio::task::spawn_blocking(sysinfo::collect)
                     .await
-                    .map(Message::SystemInfoResult)
+                    .map(|r| Message::SystemInfoResult(restored::annotate(r, &shared)))
                     .unwrap_or_else(|e| {
                         error(
                             pb::ErrorCode::Internal,
@@ -265,6 +270,10 @@ async fn dispatch(frame: Frame, cx: &mut Cx) {
         }
         Message::PortData(d) => cx.streams.port_data(seq, d).await,
         Message::StreamClose(_) => cx.streams.stream_close(seq, watch::closed_by_host()).await,
+        Message::GuestRestored(req) => {
+            restored::handle(req, seq, writer.clone(), cx.shared.clone(), cx.conn_id)
+        }
+        Message::FsFreeze(req) => fs_freeze::handle(req, seq, writer.clone(), cx.shared.clone()),
         other @ (Message::Ready(_)
         | Message::Pong(_)
         | Message::ExecResult(_)

@@ -27,6 +27,8 @@
 //! - [`cgroup`]: every exec's own cgroup v2 (limits, `cgroup.kill`, OOM).
 //! - [`watch`]: `WATCH` streams of inotify events; [`port`]: `PORT_OPEN`
 //!   streams to guest TCP ports.
+//! - Snapshot hooks: [`restored`] (`GUEST_RESTORED`), [`fs_freeze`]
+//!   (`FS_FREEZE`), [`generation`] (their agent-wide state).
 //!
 //! On SIGTERM, SIGINT (init forwards both) or `SHUTDOWN` the agent stops
 //! accepting, sends TERM to every session's process group, KILLs what is left
@@ -44,6 +46,8 @@ mod file_read;
 mod file_write;
 mod files;
 mod follow;
+mod fs_freeze;
+mod generation;
 mod input;
 mod lifecycle;
 pub(crate) mod listen;
@@ -56,6 +60,7 @@ mod process_ops;
 mod procs;
 mod pty;
 mod pty_session;
+mod restored;
 mod ring;
 mod routes;
 mod session;
@@ -140,13 +145,17 @@ impl Listen {
 pub struct Config {
     pub listen: Listen,
     pub max_frame_len: u32,
+    /// `--etc-dir`: where GUEST_RESTORED writes hostname and machine-id.
+    pub etc_dir: Option<PathBuf>,
 }
 
 impl Config {
-    /// Parses `[--unix-socket PATH] [--vsock-port N] [--max-frame-len N]`.
+    /// Parses `[--unix-socket PATH] [--vsock-port N] [--max-frame-len N]
+    /// [--etc-dir DIR]`.
     pub fn parse(args: &[String]) -> anyhow::Result<Self> {
         let mut listen = Listen::Default;
         let mut max_frame_len = DEFAULT_MAX_FRAME_LEN;
+        let mut etc_dir = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let (flag, inline) = match a.split_once('=') {
@@ -165,6 +174,7 @@ impl Config {
             match flag {
                 "--unix-socket" => listen = Listen::Unix(PathBuf::from(value()?)),
                 "--link" => listen = Listen::Link(PathBuf::from(value()?)),
+                "--etc-dir" => etc_dir = Some(PathBuf::from(value()?)),
                 "--vsock-port" => {
                     let v = value()?;
                     listen = Listen::Vsock(
@@ -187,6 +197,7 @@ impl Config {
         Ok(Self {
             listen,
             max_frame_len,
+            etc_dir,
         })
     }
 }
@@ -200,6 +211,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// Background processes (`ExecStart.detach`).
     pub procs: procs::Procs,
+    /// Snapshot hooks: generation, connections, freeze state.
+    pub restore: Arc<generation::RestoreState>,
     shutdown: Notify,
 }
 
@@ -212,6 +225,7 @@ impl Shared {
         Arc::new(Shared {
             max_frame_len: ready.max_frame_len,
             input_window,
+            restore: Arc::new(generation::RestoreState::new(&ready.role)),
             ready,
             sessions: Arc::new(Sessions::default()),
             procs: procs::Procs::default(),
@@ -298,6 +312,8 @@ fn all_capabilities() -> u64 {
         C::PortForward,
         C::ProcessStdinClose,
         C::FileOwner,
+        C::RestoreHooks,
+        C::FsFreeze,
     ]
     .into_iter()
     .map(capability_bit)
@@ -401,6 +417,7 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
         Listen::Default => unreachable!("resolved above"),
     };
     let shared = make_shared();
+    shared.restore.set_etc_dir(config.etc_dir.clone());
     let reason = loop {
         tokio::select! {
             _ = listener.accept(&shared) => {}

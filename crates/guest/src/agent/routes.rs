@@ -105,6 +105,18 @@ impl Routes {
         self.lock().map.contains_key(&seq)
     }
 
+    /// Process groups of the exec sessions and attaches in flight.
+    pub fn exec_pids(&self) -> Vec<u32> {
+        self.lock()
+            .map
+            .values()
+            .filter_map(|r| match r {
+                Route::Exec { pgid, .. } if *pgid > 0 => Some(*pgid as u32),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The connection closed: ends every request still in flight.
     pub fn end_all(&self, grace: Duration) {
         let routes: Vec<Route> = self.lock().map.drain().map(|(_, r)| r).collect();

@@ -76,6 +76,7 @@ pub fn collect() -> pb::SystemInfoResult {
         uptime_ms: uptime_ms(&read("/proc/uptime")),
         agent_version: VERSION.to_string(),
         pid1: read("/proc/1/comm").trim().to_string(),
+        ..Default::default()
     }
 }
 

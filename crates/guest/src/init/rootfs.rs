@@ -12,6 +12,11 @@
 //!   initramfs stays in memory; the agent is re-executed through
 //!   `/proc/self/exe`, which still resolves after the switch.
 //!
+//! - The upper ext4 stays reachable after the switch as a read-only bind at
+//!   [`UPPER_BIND`], so the agent's `FS_FREEZE` can freeze it (overlayfs
+//!   itself cannot be frozen); the bind being read-only only stops writes
+//!   through it, the filesystem under the overlay stays writable.
+//!
 //! Every disk is located (and waited for) before anything is mounted, so a
 //! missing disk fails the boot with a clear console line and nothing half-done.
 
@@ -26,6 +31,9 @@ use super::cmdline::{DeviceRef, LowerFs, RootSpec};
 use super::disks::wait_for;
 use super::mounts::ensure_dir;
 use super::InitError;
+
+/// Where the upper ext4 of an overlay root is visible after the switch.
+pub const UPPER_BIND: &str = "/run/hearth/upper";
 
 /// Directories every sandbox has, created (mode 1777) when the root lacks them.
 const SHARED_DIRS: [&str; 2] = ["/in", "/out"];
@@ -152,6 +160,7 @@ fn overlay(
             None,
         )?;
     }
+    keep_upper_reachable();
     let what = |step: &str| format!("switch root to /newroot ({step})");
     std::env::set_current_dir("/newroot").map_err(|e| InitError::io(what("chdir"), e))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
@@ -159,4 +168,38 @@ fn overlay(
     nix::unistd::chroot(".").map_err(|e| InitError::io(what("chroot"), e.into()))?;
     std::env::set_current_dir("/").map_err(|e| InitError::io(what("chdir /"), e))?;
     Ok(())
+}
+
+/// A read-only bind of `/mnt/upper` at `/newroot` + [`UPPER_BIND`] (after
+/// `/run` moved there). Only freezing needs it, so a failure is reported on
+/// the console and the boot goes on.
+fn keep_upper_reachable() {
+    let target = format!("/newroot{UPPER_BIND}");
+    let bind = || -> Result<(), InitError> {
+        ensure_dir(Path::new(&target), 0o700)?;
+        let fail = |e: Errno| InitError::io(format!("bind /mnt/upper on {target}"), e.into());
+        mount(
+            Some("/mnt/upper"),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(
+            None::<&str>,
+            target.as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(fail)
+    };
+    if let Err(e) = bind() {
+        super::console::line(&format!(
+            "{} failed: {} (FS_FREEZE will not find the root's upper)",
+            e.what, e.source
+        ));
+    }
 }
