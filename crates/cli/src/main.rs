@@ -63,6 +63,8 @@ pub enum Command {
     Image(commands::image::Args),
     /// Serve hearth's HTTP API and the E2B-compatible endpoint.
     Serve(commands::serve::Args),
+    /// List or remove snapshots (`hearth vm snapshot` writes them).
+    Snapshot(commands::snapshot::Args),
 }
 
 fn main() {

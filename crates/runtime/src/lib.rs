@@ -60,6 +60,7 @@ pub mod reconcile;
 pub mod restore_hooks;
 pub mod runtime;
 pub mod sandbox;
+pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod stdin_close;

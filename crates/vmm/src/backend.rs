@@ -42,6 +42,17 @@ pub struct Booted {
     pub client: Client,
 }
 
+/// What a snapshot took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// How long the vCPUs were stopped.
+    pub paused_ms: u64,
+    /// Bytes of the state file (device state and guest RAM).
+    pub state_bytes: u64,
+    /// Bytes of disk data copied (holes are not copied).
+    pub disk_bytes: u64,
+}
+
 /// One VMM backend.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -81,6 +92,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The host processes of a sandbox, by role (`qemu`, `proxy`), for display.
     fn processes(&self, handle: &BackendHandle) -> Vec<(&'static str, u32)>;
+
+    /// Snapshots a running sandbox: its state to `state` (a new file) and
+    /// each `(disk, copy)`, consistent with each other. With `resume` it
+    /// runs on afterwards; without, it is left stopped for [`Backend::kill`].
+    async fn snapshot(
+        &self,
+        handle: &BackendHandle,
+        state: &Path,
+        disks: &[(std::path::PathBuf, std::path::PathBuf)],
+        resume: bool,
+    ) -> Result<SnapshotStats, VmmError>;
+
+    /// Starts a sandbox from a snapshot's `state` (its disks already in
+    /// place as `config` names them) and returns once its agent answered.
+    /// On failure nothing it started is left running.
+    async fn restore(&self, config: &SandboxConfig, state: &Path) -> Result<Booted, VmmError>;
 
     /// The accelerator it boots with (`kvm`, `tcg`, …), for display.
     async fn accel(&self, kernel: &Path) -> Result<String, VmmError>;

@@ -24,6 +24,10 @@ pub enum VmmError {
     InitrdMissing(PathBuf),
     #[error("the link proxy {} (the static hearth-guest binary) does not exist", .0.display())]
     ProxyNotFound(std::path::PathBuf),
+    #[error("cannot restore vm {id} from its snapshot: {reason}")]
+    RestoreFailed { id: String, reason: String },
+    #[error("cannot snapshot vm {id}: {reason}")]
+    SnapshotFailed { id: String, reason: String },
     #[error("{0} not found; install it (Debian: apt-get install qemu-system-x86)")]
     QemuNotFound(String),
     #[error("{context}: {path}")]

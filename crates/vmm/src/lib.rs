@@ -23,7 +23,7 @@ pub mod process;
 pub mod qemu;
 pub mod sandbox;
 
-pub use backend::{Backend, BackendHandle, Booted, Health};
+pub use backend::{Backend, BackendHandle, Booted, Health, SnapshotStats};
 pub use error::{VmmError, MAX_CPUS, MIN_MEM_MIB};
 pub use guest_contract::{GuestSpec, LowerFs};
 pub use process::ProcessId;

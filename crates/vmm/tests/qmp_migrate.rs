@@ -97,6 +97,7 @@ fn start(dir: &Path, name: &str, initrd: &Path, incoming: bool) -> Vm {
         drives: Vec::new(),
         user_net: false,
         qmp_socket: Some(qmp_sock.clone()),
+        incoming: false,
     };
     let mut argv = qemu_argv(&args);
     if incoming {

@@ -7,6 +7,7 @@ pub mod info;
 pub mod ping;
 pub mod run;
 pub mod serve;
+pub mod snapshot;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -23,5 +24,6 @@ pub async fn dispatch(cmd: Command, state_dir: Option<PathBuf>) -> anyhow::Resul
         Command::Run(a) => run::run(a, crate::edge::runtime(state_dir).await?).await,
         Command::Image(a) => image::run(a, crate::edge::runtime(state_dir).await?).await,
         Command::Serve(a) => serve::run(a, state_dir).await,
+        Command::Snapshot(a) => snapshot::run(a, crate::edge::runtime(state_dir).await?).await,
     }
 }

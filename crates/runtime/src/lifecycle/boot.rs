@@ -75,6 +75,20 @@ pub async fn boot(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<BootOutcome> {
+    boot_from(rt, rec, accel, timeout, progress, cancel, None).await
+}
+
+/// [`boot`], or with `snapshot` the state file of a snapshot to start from
+/// (the record's disks already hold the snapshot's copies).
+pub async fn boot_from(
+    rt: &Runtime,
+    rec: VmRecord,
+    accel: &str,
+    timeout: Option<Duration>,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+    snapshot: Option<&std::path::Path>,
+) -> Result<BootOutcome> {
     let id = rec.id.clone();
     let booted = match sandbox_config(rt, &rec, accel, timeout) {
         Ok(cfg) => {
@@ -83,7 +97,12 @@ pub async fn boot(
                 accel: accel.to_string(),
             });
             tokio::select! {
-                r = rt.backend().boot(&cfg) => r.map_err(Error::from),
+                r = async {
+                    match snapshot {
+                        Some(state) => rt.backend().restore(&cfg, state).await,
+                        None => rt.backend().boot(&cfg).await,
+                    }
+                } => r.map_err(Error::from),
                 _ = cancel.cancelled() => {
                     rt.backend().kill_leftovers(&rec.dir).await;
                     return Ok(BootOutcome::Cancelled);

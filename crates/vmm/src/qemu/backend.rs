@@ -169,6 +169,28 @@ impl Backend for QemuBackend {
         }
     }
 
+    async fn snapshot(
+        &self,
+        handle: &BackendHandle,
+        state: &Path,
+        disks: &[(PathBuf, PathBuf)],
+        resume: bool,
+    ) -> Result<crate::backend::SnapshotStats, VmmError> {
+        Self::vm(handle)?.snapshot(state, disks, resume).await
+    }
+
+    async fn restore(&self, config: &SandboxConfig, state: &Path) -> Result<Booted, VmmError> {
+        let factory = self.factory(&config.kernel).await?;
+        let (vm, client) = factory.start(config, Some(state)).await?;
+        match Self::handle(&vm) {
+            Ok(handle) => Ok(Booted { handle, client }),
+            Err(e) => {
+                vm.kill().await;
+                Err(e)
+            }
+        }
+    }
+
     async fn accel(&self, kernel: &Path) -> Result<String, VmmError> {
         Ok(self.factory(kernel).await?.accel.as_str().to_string())
     }

@@ -56,6 +56,9 @@ pub struct QemuArgs {
     /// The QMP monitor socket QEMU listens on (`-qmp unix:PATH,server=on,wait=off`,
     /// see [`super::qmp`]); `None` for no monitor.
     pub qmp_socket: Option<PathBuf>,
+    /// Start with `-incoming defer`: the VM's state comes from a snapshot
+    /// (QMP `migrate-incoming`), not from booting.
+    pub incoming: bool,
 }
 
 /// Host page cache policy of a disk.
@@ -189,6 +192,9 @@ pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     for d in &a.drives {
         v.extend(drive_args(d));
     }
+    if a.incoming {
+        v.extend([os("-incoming"), os("defer")]);
+    }
     if let Some(sock) = &a.qmp_socket {
         v.extend([os("-qmp"), qmp_arg(sock)]);
     }
@@ -260,6 +266,7 @@ mod tests {
             drives: Vec::new(),
             user_net: false,
             qmp_socket: Some("/vm/qmp.sock".into()),
+            incoming: false,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod cmdline;
 pub mod jail;
 pub mod kvm;
 pub mod launch;
+pub mod snapshot;
 pub mod pause;
 pub mod qmp;
 
@@ -185,6 +186,17 @@ impl QemuFactory {
     /// first and both argvs name in-jail paths, while the host-side paths
     /// (`<dir>/vsock.sock`, the logs) stay where they are.
     pub async fn boot(&self, cfg: &SandboxConfig) -> Result<(VmHandle, Client), VmmError> {
+        self.start(cfg, None).await
+    }
+
+    /// Starts QEMU and the proxy for `cfg`: booting, or with `incoming`
+    /// loading the VM's state from that migration stream (a snapshot) and
+    /// letting it run on (see [`snapshot`]).
+    pub(crate) async fn start(
+        &self,
+        cfg: &SandboxConfig,
+        incoming: Option<&Path>,
+    ) -> Result<(VmHandle, Client), VmmError> {
         cfg.validate()?;
         if let Some(uid) = cfg.vmm_uid {
             jail::check_uid(uid)?;
@@ -237,6 +249,7 @@ impl QemuFactory {
             drives: disks,
             user_net: cfg.network == Network::AllowAll,
             qmp_socket: Some(dir.join(files::QMP_SOCK)),
+            incoming: incoming.is_some(),
         };
         // The serial console goes through a pipe to the logger, which bounds
         // and rotates console.log; it exits when QEMU does.
@@ -259,6 +272,21 @@ impl QemuFactory {
         });
         let (mut qchild, qemu) = spawned?;
         pid_file(files::QEMU_PID, qemu);
+        if let Some(stream) = incoming {
+            let loaded = snapshot::load(&dir.join(files::QMP_SOCK), stream, &mut qchild).await;
+            if let Err(reason) = loaded {
+                qemu.terminate(Duration::from_secs(1)).await;
+                let qlog = tail(&qemu_log, 5);
+                return Err(VmmError::RestoreFailed {
+                    id: cfg.id.clone(),
+                    reason: if qlog.trim().is_empty() {
+                        reason
+                    } else {
+                        format!("{reason}; qemu: {}", qlog.trim())
+                    },
+                });
+            }
+        }
 
         let spawned = match &jail {
             None => launch::spawn_detached(
@@ -334,7 +362,8 @@ impl QemuFactory {
         // First the agent's listening line on the console, then CONNECT (see ConsoleWatch).
         let connect = async {
             let mut watch = ConsoleWatch::new(&console_path);
-            while !watch.poll(crate::guest_contract::AGENT_READY_MARKER) {
+            // A restored agent listens already (and printed that before the snapshot).
+            while incoming.is_none() && !watch.poll(crate::guest_contract::AGENT_READY_MARKER) {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(format!(
                         "the agent did not report listening within {} s",

@@ -7,15 +7,18 @@ pub mod create;
 pub mod exec;
 pub mod exec_modes;
 pub mod expose;
+pub mod fork;
 pub mod kill;
 pub mod list;
 pub mod logs;
 pub mod pause;
 pub mod ps;
+pub mod restore;
 pub mod resume;
 pub mod run;
 pub mod select;
 pub mod shell;
+pub mod snapshot;
 pub mod start;
 pub mod stats;
 pub mod stop;
@@ -49,6 +52,12 @@ pub enum Cmd {
     Pause(pause::Args),
     /// Resume paused VMs.
     Resume(resume::Args),
+    /// Write a snapshot of a running VM (it runs on); see `restore`, `hearth snapshot`.
+    Snapshot(snapshot::Args),
+    /// A new VM from a snapshot.
+    Restore(restore::Args),
+    /// New VMs that are copies of a running VM as it is now.
+    Fork(fork::Args),
     /// Stop VMs (the records stay; see `clean`).
     Stop(stop::Args),
     /// Stop VMs and remove their directories, records and persist volumes.
@@ -79,6 +88,9 @@ pub async fn run(args: Args, state: Runtime) -> anyhow::Result<i32> {
         Cmd::Stats(a) => stats::run(state, a).await,
         Cmd::Pause(a) => pause::run(state, a).await,
         Cmd::Resume(a) => resume::run(state, a).await,
+        Cmd::Snapshot(a) => snapshot::run(state, a).await,
+        Cmd::Restore(a) => restore::run(state, a).await,
+        Cmd::Fork(a) => fork::run(state, a).await,
         Cmd::Stop(a) => stop::run(state, a).await,
         Cmd::Clean(a) => clean::run(state, a).await,
         Cmd::Shell(a) => shell::run(state, a).await,
