@@ -12,7 +12,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PKGS=(qemu-system-x86 tmux linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps curl python3-venv)
+PKGS=(qemu-system-x86 tmux linux-image-cloud-amd64 busybox-static squashfs-tools e2fsprogs cpio zstd mmdebstrap procps curl python3-venv bc)
 # The JavaScript SDK tier runs on the machine's Node.js; Debian's when there is none.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then PKGS+=(nodejs npm); fi
 missing=()

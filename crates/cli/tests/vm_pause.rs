@@ -223,13 +223,11 @@ fn wrong_transitions_are_refused_and_paused_vms_stop_and_clean() {
     assert!(env.list().iter().all(|r| r["id"] != id.as_str()));
 }
 
-/// Known failure of the vhost-user-vsock transport (vhost-device-vsock):
-/// when the host closes an agent connection while the guest is paused, no
-/// later connection gets READY after the resume. Meant to pass once the QEMU
-/// backend carries the agent over its migratable transport; run it then with
-/// `cargo test -p hearth-cli --test vm_pause -- --ignored`.
+/// This failed with the vhost-user-vsock transport (vhost-device-vsock): when
+/// the host closed an agent connection while the guest was paused, no later
+/// connection got READY after the resume. The VM link queues the stream's
+/// end in the proxy until the guest runs again.
 #[test]
-#[ignore = "fails with vhost-device-vsock (a connection closed during a pause breaks later ones); enable with the migratable transport"]
 fn a_connection_closed_while_paused_leaves_the_agent_reachable() {
     let env = Env::new();
     let _vm = vm_lock();
