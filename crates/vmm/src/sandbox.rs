@@ -76,6 +76,11 @@ pub struct SandboxConfig {
     pub vmm_uid: Option<u32>,
     /// How big the console log may grow (two rotated files).
     pub console: crate::console_log::ConsoleLimits,
+    /// Describe the devices in ACPI tables (microvm's default). `false` boots
+    /// with `acpi=off`: QEMU then names the virtio-mmio devices on the kernel
+    /// command line and the firmware writes an MP table. hearth's own kernel
+    /// boots that way (its ACPI table load fails: no PCI).
+    pub acpi: bool,
 }
 
 impl SandboxConfig {
@@ -148,6 +153,7 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             vmm_uid: None,
             console: Default::default(),
+            acpi: true,
         }
     }
 

@@ -397,6 +397,7 @@ fn config(id: &str, dir: &Path, kernel: &Path, initrd: &Path, uid: Option<u32>) 
         boot_timeout: Duration::from_secs(120),
         vmm_uid: uid,
         console: Default::default(),
+        acpi: true,
     }
 }
 

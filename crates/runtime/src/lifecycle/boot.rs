@@ -49,6 +49,8 @@ pub fn sandbox_config(
         boot_timeout: timeout.unwrap_or_else(|| rt.config().boot_timeout_for(accel)),
         vmm_uid: rec.vmm_uid,
         console: rt.config().console,
+        // hearth's own kernel finds its virtio-mmio devices on the command line.
+        acpi: rec.kernel_kind != Some(hearth_image::KernelKind::Own),
     })
 }
 

@@ -52,6 +52,8 @@ pub struct QemuArgs {
     /// Attach a virtio-net NIC on QEMU's user-mode network (slirp). `false`
     /// means no NIC at all (`-nodefaults` removes QEMU's default one).
     pub user_net: bool,
+    /// `false` adds `acpi=off` to the machine (see `SandboxConfig::acpi`).
+    pub acpi: bool,
 }
 
 /// Host page cache policy of a disk.
@@ -145,7 +147,11 @@ pub fn kernel_cmdline(extra: &str) -> String {
 pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         os("-M"),
-        os("microvm,pit=on,pic=on,rtc=on,memory-backend=mem"),
+        os(if a.acpi {
+            "microvm,pit=on,pic=on,rtc=on,memory-backend=mem"
+        } else {
+            "microvm,pit=on,pic=on,rtc=on,memory-backend=mem,acpi=off"
+        }),
         os("-object"),
         os(format!(
             "memory-backend-memfd,id=mem,size={}M,share=on",
@@ -232,6 +238,7 @@ mod tests {
             vhost_socket: Some("/vm/vhost.sock".into()),
             drives: Vec::new(),
             user_net: false,
+            acpi: true,
         }
     }
 
@@ -244,6 +251,18 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].clone())
             .collect()
+    }
+
+    #[test]
+    fn acpi_off_is_a_machine_option() {
+        let a = QemuArgs {
+            acpi: false,
+            ..args()
+        };
+        assert_eq!(
+            value_after(&strs(&qemu_argv(&a)), "-M"),
+            ["microvm,pit=on,pic=on,rtc=on,memory-backend=mem,acpi=off"]
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub async fn probe(qemu: &Path, kernel: &Path, work_dir: &Path) -> Result<Accel,
         vhost_socket: None,
         drives: Vec::new(),
         user_net: false,
+        acpi: true,
     };
     let (mut child, id) = spawn_detached(qemu, &qemu_argv(&args), &qlog, None)?;
     let deadline = Instant::now() + PROBE_WATCHDOG;

@@ -238,6 +238,7 @@ impl QemuFactory {
             vhost_socket: Some(vhost_sock),
             drives: disks,
             user_net: cfg.network == Network::AllowAll,
+            acpi: cfg.acpi,
         };
         // The serial console goes through a pipe to the logger, which bounds
         // and rotates console.log; it exits when QEMU does.
@@ -412,6 +413,7 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             vmm_uid: None,
             console: Default::default(),
+            acpi: true,
         }
     }
 
