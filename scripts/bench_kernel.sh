@@ -28,7 +28,8 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 boot() {
     local t0 id rel t1
     t0=$(now_ms)
-    id=$("$HEARTH" vm create --mem 256 --kernel "$1")
+    id=$("$HEARTH" vm create --mem 256 --kernel "$1" 2>"$STATE/create.err") ||
+        { cat "$STATE/create.err" >&2; return 1; }
     rel=$("$HEARTH" vm exec --vm "$id" --cmd 'uname -r')
     t1=$(now_ms)
     "$HEARTH" vm clean --vm "$id" >/dev/null
