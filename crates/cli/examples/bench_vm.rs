@@ -247,6 +247,8 @@ async fn baseline_boot(
         vhost_socket: Some(vsock),
         drives: Vec::new(),
         user_net: false,
+        // The cloud kernel (find_kernel), which finds its devices through ACPI.
+        acpi: true,
     };
     let qlog = std::fs::File::create(dir.join("qemu.log"))?;
     let t0 = Instant::now();

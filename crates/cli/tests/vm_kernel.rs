@@ -140,5 +140,5 @@ fn without_an_own_kernel_the_cloud_kernel_boots() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("scripts/kernel.sh"), "{err}");
-    env.ok(&["vm", "clean", "--vm", &id]);
+    env.ok(&["vm", "clean", "--vm", id]);
 }
