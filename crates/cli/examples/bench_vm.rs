@@ -221,6 +221,9 @@ async fn baseline_boot(
         drives: Vec::new(),
         user_net: false,
         qmp_socket: None,
+        incoming: false,
+        // The cloud kernel (find_kernel), which finds its devices through ACPI.
+        acpi: true,
     };
     let qlog = std::fs::File::create(dir.join("qemu.log"))?;
     let t0 = Instant::now();

@@ -9,6 +9,8 @@
 //! | `HEARTH_BUSYBOX` | static busybox for the bare guest's shell (empty: none) |
 //! | `HEARTH_BOOT_TIMEOUT` | seconds a boot may take |
 //! | `HEARTH_DB_LOCK_TIMEOUT_MS` | how long to wait for a locked state DB |
+//! | `HEARTH_KERNEL` | the guest kernel: a path, `own` or `cloud` (default: own when built, else cloud; `--kernel` wins) |
+//! | `HEARTH_KERNEL_CACHE` | where `scripts/kernel.sh` cached hearth's own kernel (default `/var/tmp`) |
 //! | `HEARTH_KERNEL_EXTRA` | extra guest kernel command line words |
 //! | `HEARTH_QEMU` | the VMM program |
 //! | `HEARTH_ACCEL` | `kvm`, `tcg` or `auto` |
@@ -80,6 +82,10 @@ pub fn config(state_dir_flag: Option<PathBuf>) -> anyhow::Result<RuntimeConfig> 
         .map(Duration::from_secs_f64);
     if let Some(ms) = parse_var::<u64>("HEARTH_DB_LOCK_TIMEOUT_MS")? {
         c.db_lock_timeout = Duration::from_millis(ms);
+    }
+    c.kernel = var_path("HEARTH_KERNEL");
+    if let Some(dir) = var_path("HEARTH_KERNEL_CACHE") {
+        c.own_kernel_cache = Some(dir);
     }
     c.kernel_cmdline_extra = var("HEARTH_KERNEL_EXTRA").unwrap_or_default();
     c.qemu.qemu = var_path("HEARTH_QEMU");

@@ -38,10 +38,17 @@ fn vm_lifecycle_exec_files_zombies_stop_clean() {
         })
         .collect::<Vec<_>>();
     let rel = hello[0]["kernel_release"].as_str().unwrap().to_string();
-    assert!(
-        host_release.contains(&rel),
-        "guest kernel {rel:?} is not one of {host_release:?}"
-    );
+    // The kernel the record says it booted: hearth's own (when built) or a
+    // cloud kernel from /boot.
+    assert_eq!(rec["kernel_release"], rel.as_str(), "{rec}");
+    match rec["kernel_kind"].as_str() {
+        Some("own") => assert!(rel.ends_with("-hearth"), "{rec}"),
+        Some("cloud") => assert!(
+            host_release.contains(&rel),
+            "guest kernel {rel:?} is not one of {host_release:?}"
+        ),
+        other => panic!("unexpected kernel_kind {other:?}: {rec}"),
+    }
     assert_eq!(hello[0]["pid1"], "init", "{hello}");
     assert_eq!(hello[0]["cpu_count"], 2, "--cpu not honoured: {hello}");
     let mem = hello[0]["memory_total_bytes"].as_u64().unwrap();

@@ -73,13 +73,18 @@ pub struct InitramfsSpec {
 }
 
 impl InitramfsSpec {
-    /// A spec with [`DEFAULT_MODULES`] from the host's `/lib/modules/<release>`.
+    /// A spec with [`DEFAULT_MODULES`] from the host's `/lib/modules/<release>`
+    /// (none for a kernel with everything built in, see [`crate::KernelInfo::wants_modules`]).
     pub fn with_default_modules(guest_binary: PathBuf, kernel: &crate::KernelInfo) -> Self {
         Self {
             guest_binary,
             kernel_release: kernel.release.clone(),
             modules_dir: kernel.modules_dir(),
-            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            modules: if kernel.wants_modules() {
+                DEFAULT_MODULES.iter().map(|s| s.to_string()).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

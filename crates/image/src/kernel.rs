@@ -5,11 +5,35 @@ use std::path::{Path, PathBuf};
 
 use crate::ImageError;
 
+/// Where a kernel came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelKind {
+    /// Named by the user (`--kernel`, `HEARTH_KERNEL`).
+    Explicit,
+    /// hearth's own minimal kernel from the `scripts/kernel.sh` cache
+    /// (everything built in: no modules).
+    Own,
+    /// The Debian cloud kernel in `/boot` (the fallback; needs modules).
+    Cloud,
+}
+
+impl KernelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelKind::Explicit => "explicit",
+            KernelKind::Own => "own",
+            KernelKind::Cloud => "cloud",
+        }
+    }
+}
+
 /// A kernel image and the release it reports (`uname -r` inside the guest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelInfo {
     pub path: PathBuf,
     pub release: String,
+    pub kind: KernelKind,
 }
 
 impl KernelInfo {
@@ -17,6 +41,32 @@ impl KernelInfo {
     pub fn modules_dir(&self) -> PathBuf {
         Path::new("/lib/modules").join(&self.release)
     }
+
+    /// Whether the initramfs carries modules for this kernel: not for hearth's
+    /// own (all built in), nor for an explicit kernel without a host
+    /// `/lib/modules/<release>/modules.dep`.
+    pub fn wants_modules(&self) -> bool {
+        match self.kind {
+            KernelKind::Own => false,
+            KernelKind::Cloud => true,
+            KernelKind::Explicit => self.modules_dir().join("modules.dep").is_file(),
+        }
+    }
+}
+
+/// Chooses the kernel to boot: `explicit` if given, else hearth's own kernel
+/// from the cache under `own_cache` (when one is given and a build matching
+/// this binary's fragment is there), else the Debian cloud kernel in `/boot`.
+pub fn select_kernel(
+    explicit: Option<&Path>,
+    own_cache: Option<&Path>,
+) -> Result<KernelInfo, ImageError> {
+    if explicit.is_none() {
+        if let Some(k) = own_cache.and_then(crate::own_kernel::find_own_kernel) {
+            return Ok(k);
+        }
+    }
+    find_kernel(explicit)
 }
 
 /// Finds the kernel: `explicit` if given, else the newest
@@ -29,14 +79,28 @@ pub fn find_kernel(explicit: Option<&Path>) -> Result<KernelInfo, ImageError> {
 pub fn find_kernel_in(boot_dir: &Path, explicit: Option<&Path>) -> Result<KernelInfo, ImageError> {
     if let Some(path) = explicit {
         let header = read_header(path)?;
+        // An own-kernel cache entry named explicitly (a stopped VM's record
+        // keeps the path it booted) is still the own kernel.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if path.file_name() == Some("vmlinux".as_ref()) && dir.join("key").is_file() {
+            if let Some(release) = crate::own_kernel::recorded_release(dir) {
+                return Ok(KernelInfo {
+                    path: path.to_owned(),
+                    release,
+                    kind: KernelKind::Own,
+                });
+            }
+        }
         let release = release_from_file_name(path)
             .or_else(|| release_from_bzimage(&header))
+            .or_else(|| release_from_elf(path, &header))
             .ok_or_else(|| ImageError::KernelRelease {
                 path: path.to_owned(),
             })?;
         return Ok(KernelInfo {
             path: path.to_owned(),
             release,
+            kind: KernelKind::Explicit,
         });
     }
     let entries = std::fs::read_dir(boot_dir).map_err(|source| ImageError::KernelNotFound {
@@ -58,7 +122,37 @@ pub fn find_kernel_in(boot_dir: &Path, explicit: Option<&Path>) -> Result<Kernel
         dir: boot_dir.to_owned(),
         detail: "no vmlinuz-* file".into(),
     })?;
-    Ok(KernelInfo { path, release })
+    Ok(KernelInfo {
+        path,
+        release,
+        kind: KernelKind::Cloud,
+    })
+}
+
+/// The release of an uncompressed ELF kernel (`vmlinux`): the word after the
+/// `Linux version ` banner in its data.
+fn release_from_elf(path: &Path, header: &[u8]) -> Option<String> {
+    if !header.starts_with(b"\x7fELF") {
+        return None;
+    }
+    let data = std::fs::read(path).ok()?;
+    release_from_banner(&data)
+}
+
+/// The word after the first `Linux version ` followed by a digit.
+pub fn release_from_banner(data: &[u8]) -> Option<String> {
+    const BANNER: &[u8] = b"Linux version ";
+    let mut at = 0;
+    while let Some(i) = data[at..].windows(BANNER.len()).position(|w| w == BANNER) {
+        let start = at + i + BANNER.len();
+        let rest = &data[start..];
+        if rest.first().is_some_and(u8::is_ascii_digit) {
+            let end = rest.iter().position(|&b| b == 0 || b == b' ' || b == b'\n')?;
+            return std::str::from_utf8(&rest[..end]).ok().map(str::to_owned);
+        }
+        at = start;
+    }
+    None
 }
 
 fn read_header(path: &Path) -> Result<Vec<u8>, ImageError> {
@@ -198,6 +292,41 @@ mod tests {
         assert_eq!(k.release, "6.1.0-56-cloud-amd64");
         let missing = dir.path().join("missing");
         assert!(find_kernel_in(dir.path(), Some(&missing)).is_err());
+    }
+
+    #[test]
+    fn elf_kernel_release_comes_from_the_banner() {
+        let mut data = b"\x7fELF....Linux version %s (x) Linux version 6.1.192-hearth (root@h) #1".to_vec();
+        data.push(0);
+        assert_eq!(release_from_banner(&data).as_deref(), Some("6.1.192-hearth"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, &data).unwrap();
+        let k = find_kernel_in(dir.path(), Some(&path)).unwrap();
+        assert_eq!((k.release.as_str(), k.kind), ("6.1.192-hearth", KernelKind::Explicit));
+        assert!(!k.wants_modules(), "no /lib/modules/6.1.192-hearth on the host");
+        // The same file inside an own-kernel cache entry is the own kernel.
+        std::fs::write(dir.path().join("release"), "6.1.192-hearth\n").unwrap();
+        std::fs::write(dir.path().join("key"), "fragment x\n").unwrap();
+        let k = find_kernel_in(dir.path(), Some(&path)).unwrap();
+        assert_eq!(k.kind, KernelKind::Own);
+    }
+
+    #[test]
+    fn selection_order_is_explicit_then_own_then_cloud() {
+        let boot = tempfile::tempdir().unwrap();
+        std::fs::write(boot.path().join("vmlinuz-6.1.0-9-cloud-amd64"), b"x").unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        // No own kernel in the cache: the cloud kernel.
+        let own = crate::own_kernel::find_own_kernel(empty.path());
+        assert!(own.is_none());
+        let cloud = find_kernel_in(boot.path(), None).unwrap();
+        assert_eq!(cloud.kind, KernelKind::Cloud);
+        assert!(cloud.wants_modules());
+        // An explicit kernel wins over the own kernel.
+        let explicit = boot.path().join("vmlinuz-6.1.0-9-cloud-amd64");
+        let k = select_kernel(Some(&explicit), Some(empty.path())).unwrap();
+        assert_eq!(k.kind, KernelKind::Explicit);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Module map:
 //! - [`cpio`] — cpio "newc" writer (and a reader for checks)
 //! - [`modules`] — `modules.dep` / `modules.builtin` parsing, dependency ordering
-//! - [`kernel`] — finding the host kernel image and its release
+//! - [`kernel`] — finding the host kernel image and its release; choosing the kernel
+//! - [`own_kernel`] — hearth's own built-in-everything kernel in the `scripts/kernel.sh` cache
 //! - [`initramfs`] — the boot initramfs layout and its content-addressed cache
 //! - [`rootfs`] — language root filesystems (mmdebstrap + squashfs), cached; ext4 disks
 
@@ -11,6 +12,7 @@ pub mod cpio;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod own_kernel;
 pub mod rootfs;
 
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use std::path::PathBuf;
 pub use initramfs::{
     build_cached, build_cached_with, BuiltImage, Compression, InitramfsSpec, DEFAULT_MODULES,
 };
-pub use kernel::{find_kernel, KernelInfo};
+pub use kernel::{find_kernel, select_kernel, KernelInfo, KernelKind};
 
 /// Errors from building guest images.
 #[derive(Debug, thiserror::Error)]

@@ -70,8 +70,13 @@ pub struct RuntimeConfig {
     pub guest_binary: Option<PathBuf>,
     /// A static busybox for a shell in the bare guest; `None` for no shell.
     pub busybox: Option<PathBuf>,
-    /// The guest kernel; `None` picks the newest `/boot/vmlinuz-*-cloud-amd64`.
+    /// The guest kernel: a path, or the words `own` / `cloud` (see
+    /// [`crate::images::kernel`]); `None` picks hearth's own kernel when it is
+    /// built, else the newest `/boot/vmlinuz-*-cloud-amd64`.
     pub kernel: Option<PathBuf>,
+    /// Where `scripts/kernel.sh` caches hearth's own kernel
+    /// (`<dir>/hearth-kernel-<hash>/vmlinux`); `None` never uses it.
+    pub own_kernel_cache: Option<PathBuf>,
     /// Extra guest kernel command line words.
     pub kernel_cmdline_extra: String,
     /// How long a boot may take before it counts as failed; `None` is 60 s
@@ -101,6 +106,7 @@ impl RuntimeConfig {
             guest_binary: None,
             busybox: Some(PathBuf::from("/bin/busybox")),
             kernel: None,
+            own_kernel_cache: Some(PathBuf::from(hearth_image::own_kernel::DEFAULT_CACHE_ROOT)),
             kernel_cmdline_extra: String::new(),
             boot_timeout: None,
             db_lock_timeout: Duration::from_secs(10),

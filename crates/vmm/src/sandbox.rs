@@ -79,6 +79,11 @@ pub struct SandboxConfig {
     /// The static `hearth-guest` binary, run on the host as the VM link's
     /// proxy (`hearth-guest vm-proxy`).
     pub vm_proxy: PathBuf,
+    /// Describe the devices in ACPI tables (microvm's default). `false` boots
+    /// with `acpi=off`: QEMU then names the virtio-mmio devices on the kernel
+    /// command line and the firmware writes an MP table. hearth's own kernel
+    /// boots that way (its ACPI table load fails: no PCI).
+    pub acpi: bool,
 }
 
 impl SandboxConfig {
@@ -152,6 +157,7 @@ mod tests {
             vmm_uid: None,
             console: Default::default(),
             vm_proxy: "/hearth-guest".into(),
+            acpi: true,
         }
     }
 

@@ -398,6 +398,7 @@ fn config(id: &str, dir: &Path, kernel: &Path, initrd: &Path, uid: Option<u32>) 
         vmm_uid: uid,
         console: Default::default(),
         vm_proxy: guest_binary(),
+        acpi: true,
     }
 }
 

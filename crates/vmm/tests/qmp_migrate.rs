@@ -98,6 +98,7 @@ fn start(dir: &Path, name: &str, initrd: &Path, incoming: bool) -> Vm {
         user_net: false,
         qmp_socket: Some(qmp_sock.clone()),
         incoming: false,
+        acpi: true,
     };
     let mut argv = qemu_argv(&args);
     if incoming {

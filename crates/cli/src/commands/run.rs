@@ -24,7 +24,7 @@ pub struct Args {
     /// Guest memory in MiB.
     #[arg(long = "mem", default_value_t = 256)]
     pub mem_mib: u32,
-    /// Guest kernel (default: newest /boot/vmlinuz-*-cloud-amd64).
+    /// Guest kernel: a file, `own` or `cloud` (default: own when built, else cloud).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Language image (python, javascript, node, ruby, golang, base) or none.

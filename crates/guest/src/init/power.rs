@@ -6,7 +6,8 @@ use nix::unistd::{sync, Pid};
 
 use super::console;
 
-/// Kills every other process, syncs filesystems and powers off. If the power-off
+/// Kills every other process, syncs filesystems and powers off (or restarts,
+/// without ACPI; QEMU's `-no-reboot` makes both an exit). If the
 /// syscall itself fails, init exits: the kernel then panics, and with `panic=-1`
 /// (and QEMU's `-no-reboot`) the VM still stops rather than hanging.
 pub fn power_off() -> ! {
@@ -15,7 +16,15 @@ pub fn power_off() -> ! {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     }
     sync();
-    match reboot(RebootMode::RB_POWER_OFF) {
+    // Without ACPI (hearth's own kernel boots microvm with acpi=off) the
+    // kernel cannot power off and RB_POWER_OFF halts the CPUs forever:
+    // restart instead, which QEMU's `-no-reboot` turns into an exit.
+    let mode = if std::path::Path::new("/sys/firmware/acpi").exists() {
+        RebootMode::RB_POWER_OFF
+    } else {
+        RebootMode::RB_AUTOBOOT
+    };
+    match reboot(mode) {
         Ok(never) => match never {},
         Err(e) => {
             console::line(&format!("power off failed: {e}"));

@@ -28,17 +28,39 @@ pub struct Initramfs {
     pub busybox: bool,
 }
 
-/// The kernel to boot: `explicit`, else the newest Debian cloud kernel.
-pub fn kernel(explicit: Option<&Path>) -> Result<hearth_image::KernelInfo> {
-    if let Some(p) = explicit {
-        if !p.is_file() {
-            return Err(Error::InvalidSpec(format!(
-                "kernel not found: {}",
-                p.display()
-            )));
+/// The word for "hearth's own kernel" in place of a kernel path.
+pub const KERNEL_OWN: &str = "own";
+/// The word for "the Debian cloud kernel in /boot" in place of a kernel path.
+pub const KERNEL_CLOUD: &str = "cloud";
+
+/// The kernel to boot. `explicit` is a path, or `own` (hearth's own kernel,
+/// an error when it is not built) or `cloud` (the newest Debian cloud
+/// kernel). Without it: the Debian cloud kernel (hearth's own kernel from
+/// `cfg.own_kernel_cache` is used when asked for by `own`).
+pub fn kernel(explicit: Option<&Path>, cfg: &RuntimeConfig) -> Result<hearth_image::KernelInfo> {
+    let find = |e| Error::image("cannot find a guest kernel", e);
+    let own_cache = cfg.own_kernel_cache.as_deref();
+    match explicit {
+        Some(p) if p.as_os_str() == KERNEL_CLOUD && !p.exists() => {
+            hearth_image::find_kernel(None).map_err(find)
         }
+        Some(p) if p.as_os_str() == KERNEL_OWN && !p.exists() => own_cache
+            .and_then(hearth_image::own_kernel::find_own_kernel)
+            .ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "hearth's own kernel is not built (no matching hearth-kernel-* in {}); \
+                     run scripts/kernel.sh",
+                    own_cache.map_or("(none configured)".into(), |d| d.display().to_string())
+                ))
+            }),
+        Some(p) if !p.is_file() => Err(Error::InvalidSpec(format!(
+            "kernel not found: {} (a kernel file, or `{KERNEL_OWN}` or `{KERNEL_CLOUD}`)",
+            p.display()
+        ))),
+        // hearth's own kernel is not the default yet: a per-exec memory limit of
+        // a background process does not take effect on it (docs/kernel.md).
+        _ => hearth_image::select_kernel(explicit, None).map_err(find),
     }
-    hearth_image::find_kernel(explicit).map_err(|e| Error::image("cannot find a guest kernel", e))
 }
 
 fn busybox(cfg: &RuntimeConfig) -> Option<PathBuf> {

@@ -41,7 +41,7 @@ pub fn sandbox_config(
         mem_mib: rec.mem_mib,
         kernel: rec.kernel.clone(),
         initrd: rec.initrd.clone(),
-        cmdline_extra: rt.config().kernel_cmdline_extra.clone(),
+        cmdline_extra: cmdline_extra(rt, rec),
         network: rec.network,
         root,
         persist: rec.persist_volume.clone(),
@@ -55,7 +55,22 @@ pub fn sandbox_config(
                 crate::paths::GUEST_BUILD_HINT
             ))
         })?,
+        // hearth's own kernel finds its virtio-mmio devices on the command line.
+        acpi: rec.kernel_kind != Some(hearth_image::KernelKind::Own),
     })
+}
+
+/// The configured extra kernel words; on hearth's own kernel (no ACPI, see
+/// `SandboxConfig::acpi`) plus `reboot=t`: a restart is a triple fault, which
+/// QEMU's `-no-reboot` turns into an exit, instead of trying the keyboard
+/// controller and firmware first.
+fn cmdline_extra(rt: &Runtime, rec: &VmRecord) -> String {
+    let extra = rt.config().kernel_cmdline_extra.clone();
+    if rec.kernel_kind == Some(hearth_image::KernelKind::Own) {
+        format!("reboot=t {extra}").trim_end().to_owned()
+    } else {
+        extra
+    }
 }
 
 /// What became of a boot.

@@ -233,7 +233,7 @@ impl Runtime {
             (None, None) => None,
         };
         let kernel_path = spec.kernel.clone().or_else(|| cfg.kernel.clone());
-        let kernel = crate::images::kernel(kernel_path.as_deref())?;
+        let kernel = crate::images::kernel(kernel_path.as_deref(), &cfg)?;
         let initrd = match &spec.initrd {
             Some(p) if p.is_file() => {
                 std::fs::canonicalize(p).map_err(|e| Error::io("cannot resolve", p, e))?
@@ -268,6 +268,8 @@ impl Runtime {
             initrd,
             custom_initrd: spec.initrd.is_some(),
             kernel: kernel.path.clone(),
+            kernel_kind: Some(kernel.kind),
+            kernel_release: Some(kernel.release.clone()),
             accel: Some(accel.clone()),
             backend: None,
             creator: ProcessId::of_child(std::process::id()),

@@ -57,7 +57,7 @@ impl Runtime {
         }
         disks::check(&rec)?;
         let explicit = rec.kernel.is_file().then_some(rec.kernel.as_path());
-        let kernel = crate::images::kernel(explicit)?;
+        let kernel = crate::images::kernel(explicit, self.config())?;
         let initrd = if rec.custom_initrd {
             rec.initrd.clone()
         } else {
@@ -69,6 +69,7 @@ impl Runtime {
         let policy = self.config().admission.clone();
         let iso = self.config().isolation.clone();
         let (kpath, a) = (kernel.path.clone(), accel.clone());
+        let (kkind, krel) = (kernel.kind, kernel.release.clone());
         let expected = rec.status;
         let rec = self
             .db()
@@ -91,6 +92,8 @@ impl Runtime {
                 r.note = None;
                 r.initrd = initrd;
                 r.kernel = kpath;
+                r.kernel_kind = Some(kkind);
+                r.kernel_release = Some(krel);
                 r.accel = Some(a);
                 Ok(())
             })

@@ -94,6 +94,13 @@ pub struct VmRecord {
     #[serde(default)]
     pub custom_initrd: bool,
     pub kernel: PathBuf,
+    /// Where `kernel` came from (hearth's own, the cloud kernel, explicit);
+    /// `None` in records from before it was kept.
+    #[serde(default)]
+    pub kernel_kind: Option<hearth_image::KernelKind>,
+    /// `uname -r` of `kernel` inside the guest.
+    #[serde(default)]
+    pub kernel_release: Option<String>,
     /// The accelerator of its last boot (`tcg`, `kvm`).
     #[serde(default)]
     pub accel: Option<String>,

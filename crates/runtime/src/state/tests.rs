@@ -13,6 +13,8 @@ pub(crate) fn rec(id: &str, status: VmStatus) -> VmRecord {
         initrd: "/i".into(),
         custom_initrd: false,
         kernel: "/k".into(),
+        kernel_kind: None,
+        kernel_release: None,
         accel: Some("tcg".into()),
         backend: None,
         creator: None,

@@ -89,6 +89,8 @@ pub struct QemuArgs {
     /// Start with `-incoming defer`: the VM's state comes from a snapshot
     /// (QMP `migrate-incoming`), not from booting.
     pub incoming: bool,
+    /// `false` adds `acpi=off` to the machine (see `SandboxConfig::acpi`).
+    pub acpi: bool,
 }
 
 /// Host page cache policy of a disk.
@@ -183,7 +185,11 @@ pub fn kernel_cmdline(extra: &str) -> String {
 pub fn qemu_argv(a: &QemuArgs) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         os("-M"),
-        os("microvm,pit=on,pic=on,rtc=on"),
+        os(if a.acpi {
+            "microvm,pit=on,pic=on,rtc=on"
+        } else {
+            "microvm,pit=on,pic=on,rtc=on,acpi=off"
+        }),
         os("-m"),
         os(format!("{}", a.mem_mib)),
         os("-smp"),
@@ -305,6 +311,7 @@ mod tests {
             user_net: false,
             qmp_socket: Some("/vm/qmp.sock".into()),
             incoming: false,
+            acpi: true,
         }
     }
 
@@ -317,6 +324,18 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].clone())
             .collect()
+    }
+
+    #[test]
+    fn acpi_off_is_a_machine_option() {
+        let a = QemuArgs {
+            acpi: false,
+            ..args()
+        };
+        assert_eq!(
+            value_after(&strs(&qemu_argv(&a)), "-M"),
+            ["microvm,pit=on,pic=on,rtc=on,acpi=off"]
+        );
     }
 
     #[test]

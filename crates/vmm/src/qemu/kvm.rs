@@ -92,6 +92,7 @@ pub async fn probe(qemu: &Path, kernel: &Path, work_dir: &Path) -> Result<Accel,
         user_net: false,
         qmp_socket: None,
         incoming: false,
+        acpi: true,
     };
     let (mut child, id) = spawn_detached(qemu, &qemu_argv(&args), &qlog, None)?;
     let deadline = Instant::now() + PROBE_WATCHDOG;

@@ -250,6 +250,7 @@ impl QemuFactory {
             user_net: cfg.network == Network::AllowAll,
             qmp_socket: Some(dir.join(files::QMP_SOCK)),
             incoming: incoming.is_some(),
+            acpi: cfg.acpi,
         };
         // The serial console goes through a pipe to the logger, which bounds
         // and rotates console.log; it exits when QEMU does.
@@ -489,6 +490,7 @@ mod tests {
             vmm_uid: None,
             console: Default::default(),
             vm_proxy: "/hearth-guest".into(),
+            acpi: true,
         }
     }
 

@@ -34,7 +34,8 @@ pub struct BuildArgs {
     /// Build the boot initramfs (the default without --language).
     #[arg(long)]
     pub initramfs: bool,
-    /// Kernel whose modules go into the initramfs (default: newest /boot/vmlinuz-*-cloud-amd64).
+    /// Kernel the initramfs is for: a file, `own` or `cloud` (default: own when
+    /// built, else cloud; hearth's own kernel needs no modules).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -119,7 +120,7 @@ async fn build(rt: &Runtime, a: BuildArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let kernel_path = a.kernel.clone().or_else(|| rt.config().kernel.clone());
-    let k = hearth_runtime::images::kernel(kernel_path.as_deref())?;
+    let k = hearth_runtime::images::kernel(kernel_path.as_deref(), rt.config())?;
     let img = rt.ensure_initramfs(&k, &progress).await;
     progress.done();
     let img = img?;

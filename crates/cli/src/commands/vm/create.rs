@@ -28,7 +28,9 @@ pub struct Args {
     /// Guest network: none (no NIC) or allow_all (user-mode NAT).
     #[arg(long, default_value = "none", value_parser = parse_network)]
     pub network: Network,
-    /// Guest kernel (default: newest /boot/vmlinuz-*-cloud-amd64).
+    /// Guest kernel: a file, `own` (hearth's kernel built by scripts/kernel.sh)
+    /// or `cloud` (newest /boot/vmlinuz-*-cloud-amd64). Default: own when
+    /// built, else cloud.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Boot this initramfs instead of the built one (debugging).
@@ -98,6 +100,9 @@ pub async fn boot_json(sb: &Sandbox, ms: u128) -> anyhow::Result<serde_json::Val
         "persist_volume": rec.persist_volume,
         "dir": rec.dir,
         "vmm_uid": rec.vmm_uid,
+        "kernel": rec.kernel,
+        "kernel_kind": rec.kernel_kind,
+        "kernel_release": rec.kernel_release,
         "create_ms": ms,
         "agent_version": ready.agent_version,
         "boot": ready.boot.as_ref().map(|b| serde_json::json!({

@@ -33,6 +33,7 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
                     "id": r.id, "name": r.name, "status": r.status, "accel": r.accel,
                     "cpus": r.cpus, "mem_mib": r.mem_mib, "language": r.language,
                     "created_at": r.created_at, "initrd": r.initrd, "kernel": r.kernel,
+                    "kernel_kind": r.kernel_kind, "kernel_release": r.kernel_release,
                     "dir": r.dir, "persist": r.persist_volume.is_some(), "note": r.note,
                     "rootfs": r.rootfs, "lowerfs": r.lowerfs, "image_hash": r.image_hash,
                     "network": r.network, "persist_volume": r.persist_volume,
