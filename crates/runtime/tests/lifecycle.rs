@@ -137,7 +137,7 @@ async fn a_sandbox_lives_its_whole_life_through_the_library() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
+async fn a_vm_whose_link_proxy_died_is_reported_failed_with_the_reason() {
     let _g = vm_lock().await;
     let env = Env::new();
     let rt = env.runtime().await;
@@ -146,9 +146,9 @@ async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
     let rec = sb.record().clone();
     drop(sb);
     let procs = rt.backend().processes(rec.backend.as_ref().unwrap());
-    let vhost = procs.iter().find(|(r, _)| *r == "vhost").unwrap().1;
+    let proxy = procs.iter().find(|(r, _)| *r == "proxy").unwrap().1;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(vhost as i32),
+        nix::unistd::Pid::from_raw(proxy as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -156,7 +156,7 @@ async fn a_vm_whose_vsock_helper_died_is_reported_failed_with_the_reason() {
     let all = rt.list(&ListFilter::default()).await.unwrap();
     assert_eq!(all[0].status, VmStatus::Failed);
     let note = all[0].note.clone().unwrap_or_default();
-    assert!(note.contains("vhost-device-vsock"), "{note}");
+    assert!(note.contains("link proxy"), "{note}");
     // The unusable VMM was ended too; an exec fails at once with the state.
     assert!(
         wait_no_processes(rec.dir.to_str().unwrap())

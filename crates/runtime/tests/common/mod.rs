@@ -1,6 +1,6 @@
 //! Shared helpers for the runtime tier: the lifecycle through hearth-runtime
 //! alone, with real QEMU microVMs and the real guest binary, no CLI. A missing
-//! piece (QEMU, the kernel, vhost-device-vsock, the guest binary) fails the
+//! piece (QEMU, the kernel, the guest binary) fails the
 //! test with a message saying how to get it.
 #![allow(dead_code)]
 

@@ -37,7 +37,7 @@ pub fn tsc_khz() -> u64 {
 fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
     let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
     let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    (mhz >= 100.0 && mhz < 100_000.0).then(|| (mhz * 1000.0).round() as u64)
+    (100.0..100_000.0).contains(&mhz).then(|| (mhz * 1000.0).round() as u64)
 }
 
 /// Size of QEMU's translated-code cache under software emulation. QEMU's
