@@ -145,7 +145,7 @@ pub struct VmRecord {
     pub deadline_ms: Option<u64>,
     /// The warm-start template it was restored from at create (`None`: it
     /// was cold-booted). See [`crate::warm`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub warm_template: Option<String>,
 }
 
