@@ -179,6 +179,7 @@ impl Runtime {
         rec: &VmRecord,
         accel: &str,
         progress: &SharedProgress,
+        cancel: &CancellationToken,
     ) -> Result<Option<Sandbox>> {
         if let Err(why) = eligible(self, spec) {
             tracing::debug!(sandbox_id = %rec.id, why, "cold boot");
@@ -192,10 +193,17 @@ impl Runtime {
             }
         };
         let dir = self.templates_dir().join(&key);
-        if let Err(e) = self.ensure_template(spec, &key, &dir, progress).await {
+        match self.ensure_template(spec, &key, &dir, progress, cancel).await {
+            Ok(()) => {}
+            Err(e @ Error::Cancelled(_)) => return Err(e),
+            Err(e) => {
             tracing::warn!(sandbox_id = %rec.id, template = %key, error = %e,
                 "no warm start: cannot build the template; booting cold");
             return Ok(None);
+            }
+        }
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled("before restoring the template".into()));
         }
         let meta = match read_meta(&dir).and_then(|m| check_compatible(&m, &dir).map(|()| m)) {
             Ok(m) => m,
@@ -210,9 +218,19 @@ impl Runtime {
             id: rec.id.clone(),
             accel: format!("{accel}, warm"),
         });
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled(format!("while starting vm {}", rec.id)));
+        }
         let mut r = rec.clone();
         r.warm_template = Some(key.clone());
         match self.restore_into(r, &dir, &meta).await {
+            Ok(sb) if cancel.is_cancelled() => {
+                let id = sb.id().to_string();
+                drop(sb);
+                let none: SharedProgress = std::sync::Arc::new(NoProgress);
+                let _ = self.remove(&id, false, &none).await;
+                Err(Error::Cancelled(format!("while restoring vm {id}; it was removed")))
+            }
             Ok(sb) => Ok(Some(sb)),
             Err(e @ (Error::InvalidSpec(_) | Error::Admission(_))) => Err(e),
             Err(e) => {
@@ -239,6 +257,7 @@ impl Runtime {
         key: &str,
         dir: &Path,
         progress: &SharedProgress,
+        cancel: &CancellationToken,
     ) -> Result<()> {
         if dir.join(crate::snapshot::META_FILE).is_file() {
             return Ok(());
@@ -273,7 +292,7 @@ impl Runtime {
             id: format!("template {key}"),
             accel: "cold boot for the warm-start template".into(),
         });
-        let r = self.build_template(spec, key, &root).await;
+        let r = self.build_template(spec, key, &root, cancel).await;
         let r = r.and_then(|tmp| match std::fs::rename(&tmp, dir) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -287,7 +306,13 @@ impl Runtime {
 
     /// Cold-boots a sandbox of `spec`'s shape, snapshots it stopped into a
     /// hidden directory under `root`, removes it; returns the directory.
-    async fn build_template(&self, spec: &CreateSpec, key: &str, root: &Path) -> Result<PathBuf> {
+    async fn build_template(
+        &self,
+        spec: &CreateSpec,
+        key: &str,
+        root: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<PathBuf> {
         let mut t = spec.clone();
         t.cold = true;
         t.name = None;
@@ -295,7 +320,7 @@ impl Runtime {
         t.lifetime = None;
         t.metadata = [(TEMPLATE_LABEL.to_string(), key.to_string())].into();
         let none: SharedProgress = std::sync::Arc::new(NoProgress);
-        let sb = match Box::pin(self.create_inner(&t, &none, &CancellationToken::new())).await {
+        let sb = match Box::pin(self.create_inner(&t, &none, cancel)).await {
             Ok(sb) => sb,
             Err(e) => {
                 // A failed boot leaves a `failed` record: remove it.

@@ -303,7 +303,7 @@ impl Runtime {
                 .map(|l| super::now_millis().saturating_add(l.as_millis() as u64)),
             warm_template: None,
         };
-        if let Some(sb) = self.try_warm(spec, &rec, &accel, progress).await? {
+        if let Some(sb) = self.try_warm(spec, &rec, &accel, progress, cancel).await? {
             return Ok(sb);
         }
         let host = self.host();
