@@ -106,7 +106,9 @@ pub fn config(state_dir_flag: Option<PathBuf>) -> anyhow::Result<RuntimeConfig> 
     c.warm_start = match var("HEARTH_WARM").as_deref() {
         None | Some("") | Some("1") => true,
         Some("0") => false,
-        Some(other) => bail!("bad HEARTH_WARM={other:?} (0 boots every vm cold, 1 restores templates)"),
+        Some(other) => {
+            bail!("bad HEARTH_WARM={other:?} (0 boots every vm cold, 1 restores templates)")
+        }
     };
     if var("HEARTH_JAIL").as_deref() == Some("0") {
         c.isolation.vmm_uid_base = None;

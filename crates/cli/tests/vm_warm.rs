@@ -48,7 +48,8 @@ fn create_json(env: &Env, extra: &[&str]) -> (serde_json::Value, String) {
         stdout(&o),
         stderr(&o)
     );
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("create --json is JSON");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout(&o).trim()).expect("create --json is JSON");
     (v, stderr(&o))
 }
 
@@ -74,7 +75,10 @@ fn warm_start_is_a_restored_template_that_looks_cold_booted() {
             .into_iter()
             .find(|t| t["disk_mib"] == disk_mib && t["language"] == "python")
     };
-    assert!(mine(&env).is_none(), "a template of disk {disk} exists before the test");
+    assert!(
+        mine(&env).is_none(),
+        "a template of disk {disk} exists before the test"
+    );
 
     // First create of the shape: builds the template, then restores it.
     let (a, _) = create_json(&env, &shape);
@@ -112,7 +116,11 @@ fn warm_start_is_a_restored_template_that_looks_cold_booted() {
     assert_ne!(mid_a, mid_b, "two warm vms share a machine-id");
     env.sh(&a_id, "echo only-a > /root/warm-file && sync");
     assert_eq!(
-        env.sh(&b_id, "test -e /root/warm-file && echo present || echo absent").trim(),
+        env.sh(
+            &b_id,
+            "test -e /root/warm-file && echo present || echo absent"
+        )
+        .trim(),
         "absent"
     );
     assert_eq!(env.sh(&b_id, "python3 -c 'print(1)'").trim(), "1");
@@ -145,7 +153,10 @@ fn warm_start_is_a_restored_template_that_looks_cold_booted() {
     // A truncated template: the create still succeeds, cold, and says why.
     let dir = std::path::PathBuf::from(t["dir"].as_str().unwrap());
     let state = dir.join("vmstate");
-    let f = std::fs::OpenOptions::new().write(true).open(&state).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap();
     f.set_len(4096).unwrap();
     drop(f);
     let (d, log) = create_json(&env, &shape);

@@ -30,7 +30,11 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
 }
 
 /// Create → first exec result, then remove; returns (seconds, warm?).
-async fn sample(rt: &Runtime, spec: &CreateSpec, p: &SharedProgress) -> Result<(f64, bool), Box<dyn std::error::Error>> {
+async fn sample(
+    rt: &Runtime,
+    spec: &CreateSpec,
+    p: &SharedProgress,
+) -> Result<(f64, bool), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let sb = rt.create(spec, p).await?;
     let out = sb.exec(&ExecSpec::shell("true")).await?;
@@ -47,9 +51,10 @@ async fn sample(rt: &Runtime, spec: &CreateSpec, p: &SharedProgress) -> Result<(
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = std::env::temp_dir().join(format!("hearth-bench-warm-{}", std::process::id()));
     let mut config = RuntimeConfig::new(&state);
-    config.guest_binary = Some(PathBuf::from(arg("--guest").unwrap_or_else(|| {
-        "target/x86_64-unknown-linux-gnu/release/hearth-guest".into()
-    })));
+    config.guest_binary =
+        Some(PathBuf::from(arg("--guest").unwrap_or_else(|| {
+            "target/x86_64-unknown-linux-gnu/release/hearth-guest".into()
+        })));
     config.image_cache = arg("--image-cache")
         .unwrap_or_else(|| "/var/tmp/hearth-test-images".into())
         .into();

@@ -102,8 +102,14 @@ pub fn template_key(rt: &Runtime, rec: &VmRecord, accel: &str) -> Result<String>
         (None, _) => put("rootfs", "none"),
     }
     put("lowerfs", &format!("{:?}", rec.lowerfs));
-    put("kernel", &format!("{}:{}", rec.kernel.display(), file_id(&rec.kernel)?));
-    put("initrd", &format!("{}:{}", rec.initrd.display(), file_id(&rec.initrd)?));
+    put(
+        "kernel",
+        &format!("{}:{}", rec.kernel.display(), file_id(&rec.kernel)?),
+    );
+    put(
+        "initrd",
+        &format!("{}:{}", rec.initrd.display(), file_id(&rec.initrd)?),
+    );
     match &rt.config().guest_binary {
         Some(g) => put("guest", &format!("{}:{}", g.display(), file_id(g)?)),
         None => put("guest", "none"),
@@ -193,13 +199,16 @@ impl Runtime {
             }
         };
         let dir = self.templates_dir().join(&key);
-        match self.ensure_template(spec, &key, &dir, progress, cancel).await {
+        match self
+            .ensure_template(spec, &key, &dir, progress, cancel)
+            .await
+        {
             Ok(()) => {}
             Err(e @ Error::Cancelled(_)) => return Err(e),
             Err(e) => {
-            tracing::warn!(sandbox_id = %rec.id, template = %key, error = %e,
+                tracing::warn!(sandbox_id = %rec.id, template = %key, error = %e,
                 "no warm start: cannot build the template; booting cold");
-            return Ok(None);
+                return Ok(None);
             }
         }
         if cancel.is_cancelled() {
@@ -229,7 +238,9 @@ impl Runtime {
                 drop(sb);
                 let none: SharedProgress = std::sync::Arc::new(NoProgress);
                 let _ = self.remove(&id, false, &none).await;
-                Err(Error::Cancelled(format!("while restoring vm {id}; it was removed")))
+                Err(Error::Cancelled(format!(
+                    "while restoring vm {id}; it was removed"
+                )))
             }
             Ok(sb) => Ok(Some(sb)),
             Err(e @ (Error::InvalidSpec(_) | Error::Admission(_))) => Err(e),
@@ -275,7 +286,11 @@ impl Runtime {
                     .open(&lp)
                     .map_err(|e| Error::io("cannot open", &lp, e))?;
                 nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-                    Error::io("cannot lock", &lp, std::io::Error::from_raw_os_error(e as i32))
+                    Error::io(
+                        "cannot lock",
+                        &lp,
+                        std::io::Error::from_raw_os_error(e as i32),
+                    )
                 })
             })
             .await
