@@ -15,6 +15,7 @@
 //! | `HEARTH_QEMU` | the VMM program |
 //! | `HEARTH_ACCEL` | `kvm`, `tcg` or `auto` |
 //! | `HEARTH_MEM_OVERCOMMIT`, `HEARTH_CPU_OVERCOMMIT` | admission ratios |
+//! | `HEARTH_WARM` | `0`: creates boot cold instead of restoring warm-start templates |
 //! | `HEARTH_JAIL` | `0` runs VMMs unjailed even as root |
 //! | `HEARTH_CONSOLE_LOG_BYTES` | size of one console log file (two are kept; default 1 MiB) |
 //! | `TERM` | the remote `TERM` of `vm shell` / `vm exec -t` (default `xterm`) |
@@ -108,6 +109,13 @@ pub fn config(state_dir_flag: Option<PathBuf>) -> anyhow::Result<RuntimeConfig> 
         }
         c.console.file_bytes = n;
     }
+    c.warm_start = match var("HEARTH_WARM").as_deref() {
+        None | Some("") | Some("1") => true,
+        Some("0") => false,
+        Some(other) => {
+            bail!("bad HEARTH_WARM={other:?} (0 boots every vm cold, 1 restores templates)")
+        }
+    };
     if var("HEARTH_JAIL").as_deref() == Some("0") {
         c.isolation.vmm_uid_base = None;
     }

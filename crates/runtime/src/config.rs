@@ -90,6 +90,9 @@ pub struct RuntimeConfig {
     pub isolation: Isolation,
     /// How big each sandbox's console log may grow (two rotated files).
     pub console: ConsoleLimits,
+    /// Let creates restore from a cached post-boot template
+    /// ([`crate::warm`]); default true.
+    pub warm_start: bool,
 }
 
 impl RuntimeConfig {
@@ -113,6 +116,7 @@ impl RuntimeConfig {
             admission: Admission::default(),
             isolation: Isolation::for_current_user(),
             console: ConsoleLimits::default(),
+            warm_start: true,
         }
     }
 

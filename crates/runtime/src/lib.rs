@@ -64,6 +64,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod stdin_close;
+pub mod warm;
 pub mod watch;
 
 pub use agent::Agent;

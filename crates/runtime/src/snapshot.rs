@@ -96,7 +96,7 @@ impl SnapshotMeta {
 }
 
 /// `size:mtime` of a file, to notice that it changed.
-fn file_id(p: &Path) -> Result<String> {
+pub(crate) fn file_id(p: &Path) -> Result<String> {
     let m = std::fs::metadata(p).map_err(|e| Error::io("cannot read", p, e))?;
     let mtime = m
         .modified()
@@ -135,7 +135,7 @@ impl Runtime {
             return Err(Error::InvalidSpec(format!("a snapshot named {name} exists already")));
         }
         let sb = self.get(key).await?;
-        let (meta, tmp) = self.snapshot_to_tmp(&sb, &name).await?;
+        let (meta, tmp) = self.snapshot_to_tmp(&sb, &name, &self.snapshots_dir(), true).await?;
         if let Err(e) = std::fs::rename(&tmp, &dir) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(Error::io("cannot move the snapshot into place at", &dir, e));
@@ -143,9 +143,16 @@ impl Runtime {
         Ok(meta.info(dir))
     }
 
-    /// Writes a snapshot of `sb` into a hidden directory; the caller renames
-    /// or removes it.
-    async fn snapshot_to_tmp(&self, sb: &Sandbox, name: &str) -> Result<(SnapshotMeta, PathBuf)> {
+    /// Writes a snapshot of `sb` into a hidden directory under `root`; the
+    /// caller renames or removes it. Without `resume` the sandbox is left
+    /// stopped (and its filesystems frozen) for the caller to remove.
+    pub(crate) async fn snapshot_to_tmp(
+        &self,
+        sb: &Sandbox,
+        name: &str,
+        root: &Path,
+        resume: bool,
+    ) -> Result<(SnapshotMeta, PathBuf)> {
         let rec = sb.record().clone();
         if rec.status != VmStatus::Running {
             return Err(Error::WrongState {
@@ -165,8 +172,7 @@ impl Runtime {
             id: rec.id.clone(),
             reason: "running but without a backend handle".into(),
         })?;
-        let root = self.snapshots_dir();
-        std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
+        std::fs::create_dir_all(root).map_err(|e| Error::io("cannot create", root, e))?;
         let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
@@ -181,11 +187,17 @@ impl Runtime {
                 .collect();
             let taken = self
                 .backend()
-                .snapshot(&handle, &tmp.join(STATE_FILE), &disks, true)
+                .snapshot(&handle, &tmp.join(STATE_FILE), &disks, resume)
                 .await;
-            let thawed = sb.thaw_fs().await;
-            let stats = taken?;
-            thawed?;
+            let stats = if resume {
+                let thawed = sb.thaw_fs().await;
+                let stats = taken?;
+                thawed?;
+                stats
+            } else {
+                // Stopped: the restore thaws (GUEST_RESTORED).
+                taken?
+            };
             let meta = SnapshotMeta {
                 format: SNAPSHOT_FORMAT,
                 name: name.to_string(),
@@ -267,7 +279,6 @@ impl Runtime {
         check_compatible(&meta, dir)?;
         let src = &meta.source;
         let id = crate::lifecycle::new_id()?;
-        let vm_dir = self.config().vm_dir(&id);
         let mut rec = src.clone();
         rec.id = id.clone();
         rec.name = name.map(str::to_string);
@@ -275,10 +286,27 @@ impl Runtime {
         rec.status = VmStatus::Creating;
         rec.backend = None;
         rec.creator = hearth_vmm::ProcessId::of_child(std::process::id());
-        rec.dir = vm_dir.clone();
+        rec.dir = self.config().vm_dir(&id);
         rec.note = None;
         rec.vmm_uid = None;
         rec.deadline_ms = None;
+        rec.warm_template = None;
+        self.restore_into(rec, dir, &meta).await
+    }
+
+    /// Makes the `creating` record `rec` (its own id, name, directory,
+    /// labels; the snapshot's shape) a sandbox running from the snapshot in
+    /// `dir`, already checked with [`check_compatible`]: inserts it under
+    /// admission control, copies the disk, starts the VMM from the state and
+    /// tells the agent it was restored. On failure nothing is left.
+    pub(crate) async fn restore_into(
+        &self,
+        rec: VmRecord,
+        dir: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<Sandbox> {
+        let id = rec.id.clone();
+        let vm_dir = rec.dir.clone();
         let host = self.host();
         let policy = self.config().admission.clone();
         let iso = self.config().isolation.clone();
@@ -357,7 +385,7 @@ impl Runtime {
         let sb = self.get(key).await?;
         let name = format!("fork-{}", crate::lifecycle::new_id()?);
         let t0 = Instant::now();
-        let (_, tmp) = self.snapshot_to_tmp(&sb, &name).await?;
+        let (_, tmp) = self.snapshot_to_tmp(&sb, &name, &self.snapshots_dir(), true).await?;
         tracing::info!(sandbox_id = %sb.id(), ms = t0.elapsed().as_millis() as u64, "fork snapshot taken");
         let mut made = Vec::new();
         let mut failed = None;
@@ -394,7 +422,7 @@ fn no_progress() -> crate::progress::SharedProgress {
     std::sync::Arc::new(NoProgress)
 }
 
-fn read_meta(dir: &Path) -> Result<SnapshotMeta> {
+pub(crate) fn read_meta(dir: &Path) -> Result<SnapshotMeta> {
     let p = dir.join(META_FILE);
     let bytes = std::fs::read(&p).map_err(|e| Error::io("cannot read the snapshot metadata", &p, e))?;
     let meta: SnapshotMeta = serde_json::from_slice(&bytes).map_err(|e| {
@@ -410,7 +438,7 @@ fn read_meta(dir: &Path) -> Result<SnapshotMeta> {
 }
 
 /// Refuses a snapshot this hearth cannot restore, before starting anything.
-fn check_compatible(meta: &SnapshotMeta, dir: &Path) -> Result<()> {
+pub(crate) fn check_compatible(meta: &SnapshotMeta, dir: &Path) -> Result<()> {
     let bad = |reason: String| {
         Err(Error::InvalidSpec(format!(
             "cannot restore snapshot {}: {reason}",

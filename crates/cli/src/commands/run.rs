@@ -36,6 +36,9 @@ pub struct Args {
     /// none or allow_all.
     #[arg(long, default_value = "none", value_parser = super::vm::create::parse_network)]
     pub network: Network,
+    /// Boot the VM even when a warm-start template could be restored.
+    #[arg(long)]
+    pub cold: bool,
     /// Working directory in the guest.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -53,6 +56,7 @@ pub async fn run(a: Args, rt: Runtime) -> anyhow::Result<i32> {
         mem_mib: a.mem_mib,
         network: a.network,
         kernel: a.kernel.clone(),
+        cold: a.cold,
         ..Default::default()
     };
     let progress = StderrProgress::shared();

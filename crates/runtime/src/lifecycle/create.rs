@@ -60,6 +60,9 @@ pub struct CreateSpec {
     /// Remove the sandbox this long after it was created (a server's reaper
     /// does it; see [`crate::VmRecord::deadline_ms`]).
     pub lifetime: Option<Duration>,
+    /// Boot it even when a warm-start template could be used
+    /// ([`crate::warm`]).
+    pub cold: bool,
 }
 
 impl Default for CreateSpec {
@@ -79,6 +82,7 @@ impl Default for CreateSpec {
             env: Vec::new(),
             metadata: Default::default(),
             lifetime: None,
+            cold: false,
         }
     }
 }
@@ -207,7 +211,7 @@ impl Runtime {
         r
     }
 
-    async fn create_inner(
+    pub(crate) async fn create_inner(
         &self,
         spec: &CreateSpec,
         progress: &SharedProgress,
@@ -299,7 +303,11 @@ impl Runtime {
             deadline_ms: spec
                 .lifetime
                 .map(|l| super::now_millis().saturating_add(l.as_millis() as u64)),
+            warm_template: None,
         };
+        if let Some(sb) = self.try_warm(spec, &rec, &accel, progress, cancel).await? {
+            return Ok(sb);
+        }
         let host = self.host();
         let policy = cfg.admission.clone();
         let iso = cfg.isolation.clone();

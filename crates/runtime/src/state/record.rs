@@ -150,6 +150,10 @@ pub struct VmRecord {
     /// epoch (`None`: never). Kept here so it survives a server restart.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// The warm-start template it was restored from at create (`None`: it
+    /// was cold-booted). See [`crate::warm`].
+    #[serde(default)]
+    pub warm_template: Option<String>,
 }
 
 impl VmRecord {

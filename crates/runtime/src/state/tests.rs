@@ -32,6 +32,7 @@ pub(crate) fn rec(id: &str, status: VmStatus) -> VmRecord {
         user: None,
         metadata: Default::default(),
         deadline_ms: None,
+        warm_template: None,
     }
 }
 

@@ -24,7 +24,12 @@ pub enum Cmd {
     List(ListArgs),
     /// Remove cached language images by language or by (a prefix of) their hash.
     Rm(RmArgs),
+    /// List (or with --rm remove) the warm-start templates: post-boot
+    /// snapshots `vm create` restores instead of booting.
+    Templates(templates::Args),
 }
+
+mod templates;
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
@@ -64,6 +69,7 @@ pub async fn run(args: Args, rt: Runtime) -> anyhow::Result<i32> {
         Cmd::Build(a) => build(&rt, a).await,
         Cmd::List(a) => list(&rt, a),
         Cmd::Rm(a) => rm(&rt, a).await,
+        Cmd::Templates(a) => templates::run(&rt, a),
     }
 }
 

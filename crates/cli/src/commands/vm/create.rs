@@ -52,6 +52,10 @@ pub struct Args {
     /// Seconds to wait for the agent (default 60 under TCG; env HEARTH_BOOT_TIMEOUT).
     #[arg(long, value_name = "SECS", value_parser = crate::exec_io::parse_timeout)]
     pub boot_timeout: Option<std::time::Duration>,
+    /// Boot it even when a cached post-boot snapshot of this shape (a
+    /// warm-start template, built on first use) could be restored.
+    #[arg(long)]
+    pub cold: bool,
     /// Print the new VM as JSON.
     #[arg(long)]
     pub json: bool,
@@ -79,14 +83,17 @@ impl Args {
             disk_mib: self.disk_mib,
             name: self.name.clone(),
             boot_timeout: self.boot_timeout,
+            cold: self.cold,
             ..Default::default()
         }
     }
 }
 
-/// The JSON printed by `create --json` and `start --json`.
-pub async fn boot_json(sb: &Sandbox, ms: u128) -> anyhow::Result<serde_json::Value> {
+/// The JSON printed by `create --json` and `start --json`; `fresh` for a
+/// create (a start is always a cold boot).
+pub async fn boot_json(sb: &Sandbox, ms: u128, fresh: bool) -> anyhow::Result<serde_json::Value> {
     let rec = sb.record();
+    let template = rec.warm_template.as_ref().filter(|_| fresh);
     let ready = sb.agent().await?.ready().clone();
     Ok(serde_json::json!({
         "id": rec.id,
@@ -104,6 +111,8 @@ pub async fn boot_json(sb: &Sandbox, ms: u128) -> anyhow::Result<serde_json::Val
         "kernel_kind": rec.kernel_kind,
         "kernel_release": rec.kernel_release,
         "create_ms": ms,
+        "start": if template.is_some() { "warm" } else { "cold" },
+        "template": template,
         "agent_version": ready.agent_version,
         "boot": ready.boot.as_ref().map(|b| serde_json::json!({
             "kernel_to_init_us": b.kernel_to_init_us,
@@ -116,7 +125,7 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let sb = rt.create(&a.spec(), &StderrProgress::shared()).await?;
     if a.json {
-        println!("{}", boot_json(&sb, t0.elapsed().as_millis()).await?);
+        println!("{}", boot_json(&sb, t0.elapsed().as_millis(), true).await?);
     } else {
         println!("{}", sb.id());
     }

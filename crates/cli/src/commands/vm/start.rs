@@ -22,7 +22,7 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let sb = rt.start(&a.vm, &StderrProgress::shared()).await?;
     if a.json {
-        println!("{}", boot_json(&sb, t0.elapsed().as_millis()).await?);
+        println!("{}", boot_json(&sb, t0.elapsed().as_millis(), false).await?);
     } else {
         println!("{}", sb.id());
     }
