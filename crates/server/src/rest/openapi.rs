@@ -4,7 +4,7 @@ use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{exec, files, logs, pause, processes, sandboxes, stats};
+use super::{exec, files, logs, pause, processes, sandboxes, snapshots, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use super::{exec, files, logs, pause, processes, sandboxes, stats};
         files::remove, files::rename,
         processes::list, processes::start, processes::attach, processes::kill,
         stats::stats, logs::logs,
+        snapshots::create, snapshots::list, snapshots::get_one, snapshots::delete,
+        snapshots::restore, snapshots::fork,
     ),
     components(schemas(
         crate::error::ErrorBody, sandboxes::ProgressEvent, exec::ExecEvent,
@@ -156,7 +158,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n, "operation ids repeat");
-        assert_eq!(n, 26);
+        assert_eq!(n, 32);
         let schemes = &doc["components"]["securitySchemes"];
         assert_eq!(schemes["bearer"]["scheme"], "bearer");
         assert_eq!(schemes["api_key"]["name"], "X-API-Key");
