@@ -67,8 +67,31 @@ pub fn document_json() -> serde_json::Value {
             {"type": "string", "enum": super::processes::signal_names()},
         ],
     });
+    // Snapshot names: the rule the runtime checks (other names are 400).
+    if let Some(paths) = v["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if !path.starts_with("/v1/snapshots/{name}") {
+                continue;
+            }
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut())
+            {
+                for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                    if p["name"] == "name" {
+                        p["schema"]["pattern"] = json!(SNAPSHOT_NAME);
+                        p["schema"]["maxLength"] = json!(64);
+                    }
+                }
+            }
+        }
+    }
     v
 }
+
+/// A snapshot name (as `check_name` in the runtime takes it).
+const SNAPSHOT_NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$";
 
 /// No NUL anywhere in the string.
 const NO_NUL: &str = "^[^\\x00]*$";
