@@ -11,7 +11,9 @@
 # sandbox with curl and points every `{id}` path parameter at it. Excluded,
 # because they boot or delete VMs: create, delete, stop and start; pause and
 # resume, which would leave the one sandbox paused for the other operations
-# (api_pause.rs covers them); and
+# (api_pause.rs covers them); and snapshot, restore and fork, which write the
+# sandbox's memory to disk or boot VMs for every case (api_snapshots.rs covers
+# them; list, get and delete of snapshots run); and
 # POST /timeout, since a generated short timeout has the reaper delete the
 # sandbox; and GET /exec/ws, a WebSocket handshake that an HTTP fuzzer cannot
 # make (api_rest.rs covers it); and the three whose answer is a stream that
@@ -97,6 +99,9 @@ set +e
     --exclude-operation-id start_sandbox \
     --exclude-operation-id pause_sandbox \
     --exclude-operation-id resume_sandbox \
+    --exclude-operation-id snapshot_sandbox \
+    --exclude-operation-id restore_snapshot \
+    --exclude-operation-id fork_sandbox \
     --exclude-operation-id set_sandbox_timeout \
     --exclude-operation-id exec_ws \
     --exclude-operation-id exec_stream \

@@ -182,7 +182,9 @@ def test_errors_are_json_and_sdk_exceptions(server):
         ("DELETE", "/sandboxes/nosuch", None, 404),
         ("POST", "/sandboxes/nosuch/pause", None, 404),
         ("POST", "/sandboxes/nosuch/resume", None, 404),
-        ("POST", "/sandboxes/nosuch/snapshots", None, 501),
+        ("POST", "/sandboxes/nosuch/snapshots", None, 404),
+        ("POST", "/sandboxes/nosuch/fork", None, 404),
+        ("DELETE", "/templates/nosuchsnapshot", None, 404),
         ("PUT", "/v2/sandboxes", "{}", 405),
     ]:
         got, _, err = raw(server, method, path, body)

@@ -4,6 +4,7 @@
 //! - [`model`]: the JSON types, [`model::ApiJson`] (bad JSON → JSON 400).
 //! - [`sandboxes`]: create, get, kill, connect, timeout, metrics, pause.
 //! - [`pause`]: pause, resume (and connect resuming a paused sandbox).
+//! - [`snapshots`]: snapshots (create, list, delete, create a sandbox from one), fork.
 //! - [`list`]: the list with its filters and pagination.
 //! - [`templates`]: E2B template → hearth image.
 
@@ -11,11 +12,12 @@ pub mod list;
 pub mod model;
 pub mod pause;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod templates;
 
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::app::AppState;
@@ -33,8 +35,10 @@ pub fn router() -> Router<AppState> {
         .route("/sandboxes/{id}/metrics", get(s::metrics))
         .route("/sandboxes/{id}/pause", post(pause::pause))
         .route("/sandboxes/{id}/resume", post(pause::resume))
-        .route("/sandboxes/{id}/snapshots", post(s::unsupported))
-        .route("/sandboxes/{id}/fork", post(s::unsupported))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/snapshots", get(snapshots::list))
+        .route("/templates/{id}", delete(snapshots::delete))
         .method_not_allowed_fallback(method_not_allowed)
 }
 

@@ -108,7 +108,15 @@ pub async fn create(
         .template_id
         .as_deref()
         .unwrap_or(templates::DEFAULT_TEMPLATE);
-    let tpl = templates::resolve(template)?;
+    let tpl = match templates::resolve(template) {
+        Ok(t) => t,
+        Err(e) => {
+            return match super::snapshots::restore_for_create(&state, template, &body).await? {
+                Some(out) => Ok(out),
+                None => Err(e),
+            }
+        }
+    };
     let settings = state.settings();
     let life = lifetime(
         body.timeout
@@ -269,16 +277,4 @@ pub async fn metrics(
         disk_used: disk.map(|d| d.used_bytes).unwrap_or(0),
         disk_total: disk.map(|d| d.total_bytes).unwrap_or(0),
     }]))
-}
-
-/// Snapshots and fork need snapshots, which hearth does not have
-/// yet: 501, which the SDK raises as a `SandboxException` carrying the message.
-pub async fn unsupported(Path(id): Path<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "unimplemented",
-        format!(
-            "snapshots and fork are not supported by hearth yet (sandbox {id:?} keeps running)"
-        ),
-    )
 }

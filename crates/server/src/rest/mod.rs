@@ -6,6 +6,7 @@
 //! - [`exec`]: collected, SSE and WebSocket execs, stdin, the live-exec registry.
 //! - [`files`]: streaming download/upload, list, stat, mkdir, remove, rename.
 //! - [`processes`]: background processes.
+//! - [`snapshots`]: snapshot a sandbox, list/get/delete snapshots, restore, fork.
 //! - [`model`]: shared response types; [`extract`]: extractors whose
 //!   rejections are [`crate::ApiError`] JSON; [`openapi`]: the document.
 
@@ -26,6 +27,7 @@ pub mod openapi;
 pub mod pause;
 pub mod processes;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod stats;
 
 /// The `/v1` routes that need an API token.
@@ -70,6 +72,14 @@ pub fn router() -> Router<AppState> {
         )
         .route(&format!("{sb}/stats"), get(stats::stats))
         .route(&format!("{sb}/logs"), get(logs::logs))
+        .route(&format!("{sb}/snapshots"), post(snapshots::create))
+        .route(&format!("{sb}/fork"), post(snapshots::fork))
+        .route("/v1/snapshots", get(snapshots::list))
+        .route(
+            "/v1/snapshots/{name}",
+            get(snapshots::get_one).delete(snapshots::delete),
+        )
+        .route("/v1/snapshots/{name}/restore", post(snapshots::restore))
         .layer(DefaultBodyLimit::max(extract::JSON_LIMIT))
         .layer(Extension(Arc::new(exec::ExecRegistry::default())))
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{exec, files, logs, pause, processes, sandboxes, stats};
+use super::{exec, files, logs, pause, processes, sandboxes, snapshots, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,8 @@ use super::{exec, files, logs, pause, processes, sandboxes, stats};
         files::remove, files::rename,
         processes::list, processes::start, processes::attach, processes::kill,
         stats::stats, logs::logs,
+        snapshots::create, snapshots::list, snapshots::get_one, snapshots::delete,
+        snapshots::restore, snapshots::fork,
     ),
     components(schemas(
         crate::error::ErrorBody, sandboxes::ProgressEvent, exec::ExecEvent,
@@ -65,8 +67,31 @@ pub fn document_json() -> serde_json::Value {
             {"type": "string", "enum": super::processes::signal_names()},
         ],
     });
+    // Snapshot names: the rule the runtime checks (other names are 400).
+    if let Some(paths) = v["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if !path.starts_with("/v1/snapshots/{name}") {
+                continue;
+            }
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut())
+            {
+                for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                    if p["name"] == "name" {
+                        p["schema"]["pattern"] = json!(SNAPSHOT_NAME);
+                        p["schema"]["maxLength"] = json!(64);
+                    }
+                }
+            }
+        }
+    }
     v
 }
+
+/// A snapshot name (as `check_name` in the runtime takes it).
+const SNAPSHOT_NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$";
 
 /// No NUL anywhere in the string.
 const NO_NUL: &str = "^[^\\x00]*$";
@@ -156,7 +181,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), n, "operation ids repeat");
-        assert_eq!(n, 26);
+        assert_eq!(n, 32);
         let schemes = &doc["components"]["securitySchemes"];
         assert_eq!(schemes["bearer"]["scheme"], "bearer");
         assert_eq!(schemes["api_key"]["name"], "X-API-Key");
