@@ -69,7 +69,11 @@ impl Side {
             .output()
             .with_context(|| format!("running {}", self.hearth.display()))?;
         if !out.status.success() {
-            bail!("{}: vm create failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{}: vm create failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let dir = Path::new(v["dir"].as_str().context("no dir")?).to_path_buf();
@@ -109,7 +113,11 @@ impl Side {
         let t = Instant::now();
         let mut h = c
             .exec_stream(pb::ExecStart {
-                argv: vec!["/bin/sh".into(), "-c".into(), format!("head -c {STREAM} /dev/zero")],
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("head -c {STREAM} /dev/zero"),
+                ],
                 ..Default::default()
             })
             .await?;
@@ -124,12 +132,15 @@ impl Side {
         if got != STREAM {
             bail!("{}: streamed {got} of {STREAM} bytes", self.name);
         }
-        self.stream.push(STREAM as f64 / t.elapsed().as_secs_f64() / 1e6);
+        self.stream
+            .push(STREAM as f64 / t.elapsed().as_secs_f64() / 1e6);
         const COPY: usize = 16 << 20;
         let data = vec![0x5au8; COPY];
         let t = Instant::now();
-        c.write_file("/tmp/bench-copy-in", &mut &data[..], 0o644, false).await?;
-        self.copy_in.push(COPY as f64 / t.elapsed().as_secs_f64() / 1e6);
+        c.write_file("/tmp/bench-copy-in", &mut &data[..], 0o644, false)
+            .await?;
+        self.copy_in
+            .push(COPY as f64 / t.elapsed().as_secs_f64() / 1e6);
         Ok(())
     }
 }
@@ -183,14 +194,41 @@ async fn main() -> anyhow::Result<()> {
     }
     result?;
     let [old, new] = &sides;
-    println!("transport benchmark, {} interleaved rounds, medians (ratio = new / old)", o.rounds);
-    println!("{:<22} {:>16} {:>16} {:>8}", "", old.name.split(' ').next().unwrap(), "vm link", "ratio");
+    println!(
+        "transport benchmark, {} interleaved rounds, medians (ratio = new / old)",
+        o.rounds
+    );
+    println!(
+        "{:<22} {:>16} {:>16} {:>8}",
+        "",
+        old.name.split(' ').next().unwrap(),
+        "vm link",
+        "ratio"
+    );
     let row = |label: &str, a: f64, b: f64, unit: &str| {
-        println!("{label:<22} {a:>13.1} {unit:<2} {b:>13.1} {unit:<2} {:>7.2}x", b / a);
+        println!(
+            "{label:<22} {a:>13.1} {unit:<2} {b:>13.1} {unit:<2} {:>7.2}x",
+            b / a
+        );
     };
-    row("ping round trip", median(&old.ping), median(&new.ping), "us");
+    row(
+        "ping round trip",
+        median(&old.ping),
+        median(&new.ping),
+        "us",
+    );
     row("exec /bin/true", median(&old.exec), median(&new.exec), "us");
-    row("stdout stream", median(&old.stream), median(&new.stream), "MB/s");
-    row("copy-in 16 MiB", median(&old.copy_in), median(&new.copy_in), "MB/s");
+    row(
+        "stdout stream",
+        median(&old.stream),
+        median(&new.stream),
+        "MB/s",
+    );
+    row(
+        "copy-in 16 MiB",
+        median(&old.copy_in),
+        median(&new.copy_in),
+        "MB/s",
+    );
     Ok(())
 }

@@ -77,9 +77,19 @@ fn snapshot_restore_fork_and_delete_over_rest() {
     }
 
     // Bad input before any VM exists.
-    let v = srv.error("POST", "/v1/sandboxes/nope/snapshots", Some(&json!({})), 404);
+    let v = srv.error(
+        "POST",
+        "/v1/sandboxes/nope/snapshots",
+        Some(&json!({})),
+        404,
+    );
     assert!(v["message"].as_str().unwrap().contains("nope"), "{v}");
-    srv.error("POST", "/v1/sandboxes/nope/fork", Some(&json!({"count": 1})), 404);
+    srv.error(
+        "POST",
+        "/v1/sandboxes/nope/fork",
+        Some(&json!({"count": 1})),
+        404,
+    );
     for path in ["/v1/snapshots/nope", "/v1/snapshots/nope"] {
         let v = srv.error("GET", path, None, 404);
         assert!(v["message"].as_str().unwrap().contains("nope"), "{v}");
@@ -109,7 +119,11 @@ fn snapshot_restore_fork_and_delete_over_rest() {
     counts_past(&srv, &src, 2);
 
     // Bad snapshot and fork requests against a real sandbox.
-    let (st, v) = raw(&srv, &format!("/v1/sandboxes/{src}/snapshots"), "{\"name\": ");
+    let (st, v) = raw(
+        &srv,
+        &format!("/v1/sandboxes/{src}/snapshots"),
+        "{\"name\": ",
+    );
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["kind"], "invalid_argument", "{v}");
     let (st, v) = raw(&srv, &format!("/v1/sandboxes/{src}/fork"), "not json");
@@ -141,7 +155,10 @@ fn snapshot_restore_fork_and_delete_over_rest() {
     assert_eq!(snap["source_id"], src.as_str(), "{snap}");
     assert_eq!(snap["mem_mib"], 256, "{snap}");
     assert!(snap["bytes"].as_u64().unwrap() > 0, "{snap}");
-    assert!(snap["created_at"].as_str().unwrap().ends_with('Z'), "{snap}");
+    assert!(
+        snap["created_at"].as_str().unwrap().ends_with('Z'),
+        "{snap}"
+    );
     let at_snapshot = counter(&srv, &src);
     let v = srv.error(
         "POST",
@@ -153,7 +170,10 @@ fn snapshot_restore_fork_and_delete_over_rest() {
     let list = srv.json("GET", "/v1/snapshots", None, 200);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["name"], "s1", "{list}");
-    assert_eq!(srv.json("GET", "/v1/snapshots/s1", None, 200)["source_id"], src.as_str());
+    assert_eq!(
+        srv.json("GET", "/v1/snapshots/s1", None, 200)["source_id"],
+        src.as_str()
+    );
     // The source runs on.
     counts_past(&srv, &src, at_snapshot);
 
@@ -168,7 +188,10 @@ fn snapshot_restore_fork_and_delete_over_rest() {
     assert_ne!(rid, src);
     assert_eq!(r["status"], "running", "{r}");
     assert_eq!(r["name"], "restored", "{r}");
-    assert!(r["deadline"].is_string(), "restored without a deadline: {r}");
+    assert!(
+        r["deadline"].is_string(),
+        "restored without a deadline: {r}"
+    );
     assert!(!r["access_token"].as_str().unwrap().is_empty(), "{r}");
     assert_eq!(sh(&srv, &rid, "cat /srv-file /tmp/t"), "kept\ntmp\n");
     let first = counter(&srv, &rid);
@@ -210,7 +233,11 @@ fn snapshot_restore_fork_and_delete_over_rest() {
     }
     let mut hosts: Vec<String> = clones
         .iter()
-        .map(|c| sh(&srv, c, "cat /srv-file >/dev/null && hostname").trim().to_string())
+        .map(|c| {
+            sh(&srv, c, "cat /srv-file >/dev/null && hostname")
+                .trim()
+                .to_string()
+        })
         .collect();
     hosts.push(sh(&srv, &src, "hostname").trim().to_string());
     let mut uniq = hosts.clone();

@@ -173,10 +173,7 @@ fn vmm_killed_mid_exec_and_agent_killed_in_guest() {
         "{e}"
     );
     assert_eq!(env.status(&a), "stopped");
-    assert!(
-        !pid_alive(proxy),
-        "the link proxy {proxy} outlived its VMM"
-    );
+    assert!(!pid_alive(proxy), "the link proxy {proxy} outlived its VMM");
     // Stop on a stopped VM is not an error; clean works.
     assert!(env.run(&["vm", "stop", "--vm", &a]).status.success());
     env.ok(&["vm", "clean", "--vm", &a]);

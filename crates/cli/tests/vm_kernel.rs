@@ -38,7 +38,10 @@ fn own_kernel_on_request_and_the_cloud_kernel_by_default() {
         own["kernel_kind"], "own",
         "the default boot did not use hearth's own kernel (run scripts/kernel.sh): {own}"
     );
-    let own_rel = own["kernel_release"].as_str().expect("kernel_release").to_string();
+    let own_rel = own["kernel_release"]
+        .as_str()
+        .expect("kernel_release")
+        .to_string();
     assert!(own_rel.ends_with("-hearth"), "{own}");
     let own_path = own["kernel"].as_str().expect("kernel path").to_string();
     assert!(
@@ -53,9 +56,12 @@ fn own_kernel_on_request_and_the_cloud_kernel_by_default() {
     // What hearth needs is built in: filesystems, cgroup v2 controllers,
     // namespaces, the RTC, ptys; and no modules at all.
     let fs = env.sh(&id, "cat /proc/filesystems");
-    for want in ["ext4", "squashfs", "overlay", "tmpfs", "devtmpfs", "devpts", "cgroup2", "proc", "sysfs"] {
+    for want in [
+        "ext4", "squashfs", "overlay", "tmpfs", "devtmpfs", "devpts", "cgroup2", "proc", "sysfs",
+    ] {
         assert!(
-            fs.lines().any(|l| l.split_whitespace().last() == Some(want)),
+            fs.lines()
+                .any(|l| l.split_whitespace().last() == Some(want)),
             "{want} missing from /proc/filesystems of the own kernel:\n{fs}"
         );
     }
@@ -80,7 +86,10 @@ fn own_kernel_on_request_and_the_cloud_kernel_by_default() {
             "/dev/{want} missing on the own kernel:\n{dev}"
         );
     }
-    let modules = env.sh(&id, "cat /proc/modules 2>&1; echo ---; cat /lib/modules/hearth.order");
+    let modules = env.sh(
+        &id,
+        "cat /proc/modules 2>&1; echo ---; cat /lib/modules/hearth.order",
+    );
     let (proc_modules, manifest) = modules.split_once("---\n").expect("marker");
     assert!(
         proc_modules.contains("No such file"),
@@ -96,8 +105,14 @@ fn own_kernel_on_request_and_the_cloud_kernel_by_default() {
     let cloud = create_json(&env, &["--kernel", "cloud"]);
     let cid = cloud["id"].as_str().expect("id").to_string();
     assert_eq!(cloud["kernel_kind"], "cloud", "{cloud}");
-    let cloud_rel = cloud["kernel_release"].as_str().expect("kernel_release").to_string();
-    assert!(cloud_releases().contains(&cloud_rel), "{cloud_rel} not in /boot");
+    let cloud_rel = cloud["kernel_release"]
+        .as_str()
+        .expect("kernel_release")
+        .to_string();
+    assert!(
+        cloud_releases().contains(&cloud_rel),
+        "{cloud_rel} not in /boot"
+    );
     assert_ne!(cloud_rel, own_rel);
     assert_eq!(env.sh(&cid, "uname -r").trim(), cloud_rel);
     env.ok(&["vm", "clean", "--vm", &cid]);
@@ -112,7 +127,14 @@ fn own_kernel_on_request_and_the_cloud_kernel_by_default() {
     env.ok(&["vm", "clean", "--vm", &eid]);
 
     // A bad kernel is a clear error naming it.
-    let err = env.fails(&["vm", "create", "--mem", "256", "--kernel", "/nonexistent/vmlinux"]);
+    let err = env.fails(&[
+        "vm",
+        "create",
+        "--mem",
+        "256",
+        "--kernel",
+        "/nonexistent/vmlinux",
+    ]);
     assert!(err.contains("/nonexistent/vmlinux"), "{err}");
 }
 
@@ -128,7 +150,11 @@ fn without_an_own_kernel_the_cloud_kernel_boots() {
         .env("HEARTH_KERNEL_CACHE", empty.path())
         .output()
         .expect("run hearth");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["kernel_kind"], "cloud", "{v}");
     let id = v["id"].as_str().unwrap();

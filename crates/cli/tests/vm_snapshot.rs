@@ -12,13 +12,19 @@ fn json(s: &str) -> serde_json::Value {
 }
 
 fn host_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// The counter a background process in the VM writes every 0.1 s, read twice
 /// a second apart.
 fn counter_moves(env: &Env, id: &str) -> (u64, u64) {
-    let out = env.sh(id, "a=$(cat /tmp/count); sleep 1; b=$(cat /tmp/count); echo $a $b");
+    let out = env.sh(
+        id,
+        "a=$(cat /tmp/count); sleep 1; b=$(cat /tmp/count); echo $a $b",
+    );
     let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (v[0], v[1])
 }
@@ -28,9 +34,19 @@ fn a_restored_vm_goes_on_counting_with_its_files_and_a_new_identity() {
     let env = Env::new();
     let _vm = vm_lock();
     let src = env.create(&["--language", "python", "--mem", "512"]);
-    env.sh(&src, "echo kept > /root/disk-file; echo tmp > /tmp/tmp-file");
+    env.sh(
+        &src,
+        "echo kept > /root/disk-file; echo tmp > /tmp/tmp-file",
+    );
     env.ok(&[
-        "vm", "exec", "--detach", "--tag", "counter", "--vm", &src, "--cmd",
+        "vm",
+        "exec",
+        "--detach",
+        "--tag",
+        "counter",
+        "--vm",
+        &src,
+        "--cmd",
         "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
     ]);
     let (a, b) = counter_moves(&env, &src);
@@ -65,7 +81,10 @@ fn a_restored_vm_goes_on_counting_with_its_files_and_a_new_identity() {
     assert_eq!(mid.trim().len(), 32, "{mid:?}");
     // The restored VM's disk is its own.
     env.sh(&id, "echo mine > /root/only-copy");
-    assert_eq!(env.sh(&src, "test -e /root/only-copy && echo yes || echo no"), "no\n");
+    assert_eq!(
+        env.sh(&src, "test -e /root/only-copy && echo yes || echo no"),
+        "no\n"
+    );
     // A name is a name: restore under it again is refused, the snapshot stays usable.
     let e = env.fails(&["vm", "restore", "s1", "--name", "copy"]);
     assert!(e.contains("the name copy is taken"), "{e}");
@@ -94,7 +113,10 @@ fn four_forks_have_their_own_disks_entropy_clocks_and_hostnames() {
     for (k, c) in clones.iter().enumerate() {
         env.sh(c, &format!("echo {k} > /root/clone-{k}"));
         let before = host_now();
-        let out = env.sh(c, "date +%s.%N; hostname; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+        let out = env.sh(
+            c,
+            "date +%s.%N; hostname; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'",
+        );
         let after = host_now();
         let mut l = out.lines();
         let guest: f64 = l.next().unwrap().parse().unwrap();
@@ -113,10 +135,16 @@ fn four_forks_have_their_own_disks_entropy_clocks_and_hostnames() {
     for i in 0..4 {
         for j in i + 1..4 {
             assert_ne!(hostnames[i], hostnames[j]);
-            assert_ne!(randoms[i], randoms[j], "clones {i} and {j} read the same /dev/urandom");
+            assert_ne!(
+                randoms[i], randoms[j],
+                "clones {i} and {j} read the same /dev/urandom"
+            );
         }
     }
-    assert_eq!(env.sh(&src, "ls /root | grep -c clone- || true").trim(), "0");
+    assert_eq!(
+        env.sh(&src, "ls /root | grep -c clone- || true").trim(),
+        "0"
+    );
     // The fork's own snapshot is gone; nothing is listed.
     let listed = json(&env.ok(&["snapshot", "list", "--json"]));
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
@@ -150,7 +178,12 @@ fn bad_snapshots_and_a_full_disk_are_clear_errors_that_leave_nothing() {
     let d = copy("trunc");
     let st = d.join("vmstate");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&st)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let e = env.fails(&["vm", "restore", "trunc"]);
     assert!(e.contains("truncated or replaced"), "{e}");
     assert_nothing_left("truncated");
@@ -196,7 +229,10 @@ fn bad_snapshots_and_a_full_disk_are_clear_errors_that_leave_nothing() {
         .arg(&snaps)
         .status()
         .unwrap();
-    assert!(mounted.success(), "cannot mount a small tmpfs (the test needs root)");
+    assert!(
+        mounted.success(),
+        "cannot mount a small tmpfs (the test needs root)"
+    );
     let o = env.run(&["vm", "snapshot", "--vm", &src, "--name", "full"]);
     let listed = std::fs::read_dir(&snaps).unwrap().count();
     let _ = std::process::Command::new("umount").arg(&snaps).status();

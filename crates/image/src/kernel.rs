@@ -147,7 +147,9 @@ pub fn release_from_banner(data: &[u8]) -> Option<String> {
         let start = at + i + BANNER.len();
         let rest = &data[start..];
         if rest.first().is_some_and(u8::is_ascii_digit) {
-            let end = rest.iter().position(|&b| b == 0 || b == b' ' || b == b'\n')?;
+            let end = rest
+                .iter()
+                .position(|&b| b == 0 || b == b' ' || b == b'\n')?;
             return std::str::from_utf8(&rest[..end]).ok().map(str::to_owned);
         }
         at = start;
@@ -296,15 +298,25 @@ mod tests {
 
     #[test]
     fn elf_kernel_release_comes_from_the_banner() {
-        let mut data = b"\x7fELF....Linux version %s (x) Linux version 6.1.192-hearth (root@h) #1".to_vec();
+        let mut data =
+            b"\x7fELF....Linux version %s (x) Linux version 6.1.192-hearth (root@h) #1".to_vec();
         data.push(0);
-        assert_eq!(release_from_banner(&data).as_deref(), Some("6.1.192-hearth"));
+        assert_eq!(
+            release_from_banner(&data).as_deref(),
+            Some("6.1.192-hearth")
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmlinux");
         std::fs::write(&path, &data).unwrap();
         let k = find_kernel_in(dir.path(), Some(&path)).unwrap();
-        assert_eq!((k.release.as_str(), k.kind), ("6.1.192-hearth", KernelKind::Explicit));
-        assert!(!k.wants_modules(), "no /lib/modules/6.1.192-hearth on the host");
+        assert_eq!(
+            (k.release.as_str(), k.kind),
+            ("6.1.192-hearth", KernelKind::Explicit)
+        );
+        assert!(
+            !k.wants_modules(),
+            "no /lib/modules/6.1.192-hearth on the host"
+        );
         // The same file inside an own-kernel cache entry is the own kernel.
         std::fs::write(dir.path().join("release"), "6.1.192-hearth\n").unwrap();
         std::fs::write(dir.path().join("key"), "fragment x\n").unwrap();

@@ -140,11 +140,19 @@ mod tests {
         entry(
             root.path(),
             "hearth-kernel-00000000000000aa",
-            &format!("fragment {}\n{s}\nsource linux-source-6.1 1\n", "0".repeat(64)),
+            &format!(
+                "fragment {}\n{s}\nsource linux-source-6.1 1\n",
+                "0".repeat(64)
+            ),
             "6.1.1-hearth",
         );
         // A leftover build dir and an entry without key: ignored.
-        entry(root.path(), "hearth-kernel-tmp.Ab12Cd", &format!("{f}\n{s}\n"), "x");
+        entry(
+            root.path(),
+            "hearth-kernel-tmp.Ab12Cd",
+            &format!("{f}\n{s}\n"),
+            "x",
+        );
         let incomplete = entry(
             root.path(),
             "hearth-kernel-00000000000000bb",
@@ -173,7 +181,10 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(dropped_options(&config), Vec::<String>::new());
-        let missing = config.replace("CONFIG_VIRTIO_CONSOLE=y\n", "# CONFIG_VIRTIO_CONSOLE is not set\n");
+        let missing = config.replace(
+            "CONFIG_VIRTIO_CONSOLE=y\n",
+            "# CONFIG_VIRTIO_CONSOLE is not set\n",
+        );
         assert_eq!(dropped_options(&missing), vec!["CONFIG_VIRTIO_CONSOLE=y"]);
         let modules_on = format!("{config}CONFIG_MODULES=y\n");
         assert_eq!(
@@ -190,6 +201,11 @@ mod tests {
             .expect("hearth's own kernel in /var/tmp/hearth-kernel-* (run scripts/kernel.sh)");
         let dir = k.path.parent().unwrap();
         let config = std::fs::read_to_string(dir.join("config")).expect("config next to vmlinux");
-        assert_eq!(dropped_options(&config), Vec::<String>::new(), "{}", dir.display());
+        assert_eq!(
+            dropped_options(&config),
+            Vec::<String>::new(),
+            "{}",
+            dir.display()
+        );
     }
 }

@@ -406,9 +406,7 @@ impl MuxDecoder {
             }
             None => {
                 if stream == 0 {
-                    return Err(MuxError::StreamZero {
-                        what: kind_name(k),
-                    });
+                    return Err(MuxError::StreamZero { what: kind_name(k) });
                 }
                 match k {
                     kind::OPEN => MuxFrame::Open {
@@ -469,39 +467,80 @@ mod tests {
     #[test]
     fn wire_values_are_pinned() {
         assert_eq!(
-            MuxFrame::Open { stream: 1, port: 1000 }.to_bytes(),
+            MuxFrame::Open {
+                stream: 1,
+                port: 1000
+            }
+            .to_bytes(),
             [0x01, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0x03, 0xE8]
         );
         assert_eq!(
-            MuxFrame::Data { stream: 0x0102_0304, data: b"hi".to_vec() }.to_bytes(),
+            MuxFrame::Data {
+                stream: 0x0102_0304,
+                data: b"hi".to_vec()
+            }
+            .to_bytes(),
             [0x04, 1, 2, 3, 4, 0, 0, 0, 2, b'h', b'i']
         );
         assert_eq!(
-            MuxFrame::Credit { stream: 7, bytes: 65536 }.to_bytes(),
+            MuxFrame::Credit {
+                stream: 7,
+                bytes: 65536
+            }
+            .to_bytes(),
             [0x05, 0, 0, 0, 7, 0, 0, 0, 4, 0, 1, 0, 0]
         );
-        assert_eq!(MuxFrame::Opened { stream: 2 }.to_bytes(), [0x02, 0, 0, 0, 2, 0, 0, 0, 0]);
+        assert_eq!(
+            MuxFrame::Opened { stream: 2 }.to_bytes(),
+            [0x02, 0, 0, 0, 2, 0, 0, 0, 0]
+        );
         assert_eq!(MuxFrame::Fin { stream: 2 }.to_bytes()[0], 0x06);
         assert_eq!(MuxFrame::Reset { stream: 2 }.to_bytes()[0], 0x07);
         assert_eq!(
-            MuxFrame::Refused { stream: 3, reason: "no".into() }.to_bytes(),
+            MuxFrame::Refused {
+                stream: 3,
+                reason: "no".into()
+            }
+            .to_bytes(),
             [0x03, 0, 0, 0, 3, 0, 0, 0, 2, b'n', b'o']
         );
         let mut hello = vec![0x10, 0, 0, 0, 0, 0, 0, 0, 16];
         hello.extend_from_slice(b"hearthMX");
         hello.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]);
-        assert_eq!(MuxFrame::Sync { sync: Sync::Hello, nonce: 9 }.to_bytes(), hello);
-        let kinds = [Sync::Hello, Sync::HelloAck, Sync::Suspend, Sync::Suspended, Sync::Resume]
-            .map(Sync::kind);
+        assert_eq!(
+            MuxFrame::Sync {
+                sync: Sync::Hello,
+                nonce: 9
+            }
+            .to_bytes(),
+            hello
+        );
+        let kinds = [
+            Sync::Hello,
+            Sync::HelloAck,
+            Sync::Suspend,
+            Sync::Suspended,
+            Sync::Resume,
+        ]
+        .map(Sync::kind);
         assert_eq!(kinds, [0x10, 0x11, 0x12, 0x13, 0x14]);
     }
 
     #[test]
     fn frames_split_anywhere_decode_whole() {
         let frames = vec![
-            MuxFrame::Sync { sync: Sync::Hello, nonce: 42 },
-            MuxFrame::Open { stream: 1, port: 1000 },
-            MuxFrame::Data { stream: 1, data: vec![7; 1000] },
+            MuxFrame::Sync {
+                sync: Sync::Hello,
+                nonce: 42,
+            },
+            MuxFrame::Open {
+                stream: 1,
+                port: 1000,
+            },
+            MuxFrame::Data {
+                stream: 1,
+                data: vec![7; 1000],
+            },
             MuxFrame::Fin { stream: 1 },
         ];
         let mut bytes = Vec::new();
@@ -527,20 +566,65 @@ mod tests {
         d.push(&[kind::DATA, 0, 0, 0, 1, 0x00, 0x01, 0x00, 0x01]);
         assert_eq!(
             d.next(),
-            Err(MuxError::TooLong { kind: kind::DATA, len: 65537, max: MAX_MUX_PAYLOAD })
+            Err(MuxError::TooLong {
+                kind: kind::DATA,
+                len: 65537,
+                max: MAX_MUX_PAYLOAD
+            })
         );
-        assert!(d.is_scanning(), "after an error the guest looks for a HELLO");
+        assert!(
+            d.is_scanning(),
+            "after an error the guest looks for a HELLO"
+        );
     }
 
     #[test]
     fn bad_frames_name_the_problem() {
         let cases: [(&[u8], &str); 5] = [
-            (&[0x09, 0, 0, 0, 1, 0, 0, 0, 0], "unknown mux frame kind 0x09"),
-            (&[kind::OPEN, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0], "4-byte payload, not 2"),
-            (&[kind::DATA, 0, 0, 0, 0, 0, 0, 0, 0], "DATA frame on stream 0"),
-            (&[kind::FIN, 0, 0, 0, 1, 0, 0, 0, 1, 0], "0-byte payload, not 1"),
             (
-                &[kind::HELLO, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                &[0x09, 0, 0, 0, 1, 0, 0, 0, 0],
+                "unknown mux frame kind 0x09",
+            ),
+            (
+                &[kind::OPEN, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0],
+                "4-byte payload, not 2",
+            ),
+            (
+                &[kind::DATA, 0, 0, 0, 0, 0, 0, 0, 0],
+                "DATA frame on stream 0",
+            ),
+            (
+                &[kind::FIN, 0, 0, 0, 1, 0, 0, 0, 1, 0],
+                "0-byte payload, not 1",
+            ),
+            (
+                &[
+                    kind::HELLO,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    16,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
                 "without the magic",
             ),
         ];
@@ -554,13 +638,29 @@ mod tests {
 
     #[test]
     fn scanning_skips_garbage_and_half_frames_up_to_the_wanted_hello() {
-        let mut stale = MuxFrame::Data { stream: 5, data: vec![1; 300] }.to_bytes();
+        let mut stale = MuxFrame::Data {
+            stream: 5,
+            data: vec![1; 300],
+        }
+        .to_bytes();
         stale.truncate(100); // half a frame left over from the previous host
         let mut bytes = stale.clone();
         // A HELLO with the wrong nonce (an older host's) is skipped too.
-        MuxFrame::Sync { sync: Sync::Hello, nonce: 1 }.encode(&mut bytes);
-        MuxFrame::Sync { sync: Sync::Hello, nonce: 2 }.encode(&mut bytes);
-        MuxFrame::Open { stream: 1, port: 1000 }.encode(&mut bytes);
+        MuxFrame::Sync {
+            sync: Sync::Hello,
+            nonce: 1,
+        }
+        .encode(&mut bytes);
+        MuxFrame::Sync {
+            sync: Sync::Hello,
+            nonce: 2,
+        }
+        .encode(&mut bytes);
+        MuxFrame::Open {
+            stream: 1,
+            port: 1000,
+        }
+        .encode(&mut bytes);
         for step in [1, 3, 17, bytes.len()] {
             let mut d = MuxDecoder::new();
             d.scan_for(Sync::Hello, Some(2));
@@ -574,8 +674,14 @@ mod tests {
             assert_eq!(
                 got,
                 [
-                    MuxFrame::Sync { sync: Sync::Hello, nonce: 2 },
-                    MuxFrame::Open { stream: 1, port: 1000 }
+                    MuxFrame::Sync {
+                        sync: Sync::Hello,
+                        nonce: 2
+                    },
+                    MuxFrame::Open {
+                        stream: 1,
+                        port: 1000
+                    }
                 ],
                 "chunks of {step}"
             );
@@ -586,7 +692,10 @@ mod tests {
     #[test]
     fn a_refusal_reason_is_cut_on_a_character_boundary() {
         let long = "é".repeat(MAX_REASON_LEN);
-        let f = MuxFrame::Refused { stream: 1, reason: long };
+        let f = MuxFrame::Refused {
+            stream: 1,
+            reason: long,
+        };
         match &decode_all(&f.to_bytes())[0] {
             MuxFrame::Refused { reason, .. } => {
                 assert!(reason.len() <= MAX_REASON_LEN && reason.chars().all(|c| c == 'é'))
@@ -598,16 +707,30 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = MuxFrame> {
         let stream = 1u32..;
         prop_oneof![
-            (stream.clone(), any::<u32>()).prop_map(|(stream, port)| MuxFrame::Open { stream, port }),
-            stream.clone().prop_map(|stream| MuxFrame::Opened { stream }),
-            (stream.clone(), "[a-z ]{0,40}").prop_map(|(stream, reason)| MuxFrame::Refused { stream, reason }),
-            (stream.clone(), proptest::collection::vec(any::<u8>(), 0..2000))
+            (stream.clone(), any::<u32>())
+                .prop_map(|(stream, port)| MuxFrame::Open { stream, port }),
+            stream
+                .clone()
+                .prop_map(|stream| MuxFrame::Opened { stream }),
+            (stream.clone(), "[a-z ]{0,40}")
+                .prop_map(|(stream, reason)| MuxFrame::Refused { stream, reason }),
+            (
+                stream.clone(),
+                proptest::collection::vec(any::<u8>(), 0..2000)
+            )
                 .prop_map(|(stream, data)| MuxFrame::Data { stream, data }),
-            (stream.clone(), any::<u32>()).prop_map(|(stream, bytes)| MuxFrame::Credit { stream, bytes }),
+            (stream.clone(), any::<u32>())
+                .prop_map(|(stream, bytes)| MuxFrame::Credit { stream, bytes }),
             stream.clone().prop_map(|stream| MuxFrame::Fin { stream }),
             stream.prop_map(|stream| MuxFrame::Reset { stream }),
             (0usize..5, any::<u64>()).prop_map(|(i, nonce)| MuxFrame::Sync {
-                sync: [Sync::Hello, Sync::HelloAck, Sync::Suspend, Sync::Suspended, Sync::Resume][i],
+                sync: [
+                    Sync::Hello,
+                    Sync::HelloAck,
+                    Sync::Suspend,
+                    Sync::Suspended,
+                    Sync::Resume
+                ][i],
                 nonce
             }),
         ]

@@ -132,10 +132,14 @@ impl Runtime {
         };
         let dir = self.snapshot_dir(&name)?;
         if dir.exists() {
-            return Err(Error::InvalidSpec(format!("a snapshot named {name} exists already")));
+            return Err(Error::InvalidSpec(format!(
+                "a snapshot named {name} exists already"
+            )));
         }
         let sb = self.get(key).await?;
-        let (meta, tmp) = self.snapshot_to_tmp(&sb, &name, &self.snapshots_dir(), true).await?;
+        let (meta, tmp) = self
+            .snapshot_to_tmp(&sb, &name, &self.snapshots_dir(), true)
+            .await?;
         if let Err(e) = std::fs::rename(&tmp, &dir) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(Error::io("cannot move the snapshot into place at", &dir, e));
@@ -244,7 +248,9 @@ impl Runtime {
             }
             match read_meta(&e.path()) {
                 Ok(m) => v.push(m.info(e.path())),
-                Err(err) => tracing::warn!(snapshot = %n, error = %err, "skipping an unreadable snapshot"),
+                Err(err) => {
+                    tracing::warn!(snapshot = %n, error = %err, "skipping an unreadable snapshot")
+                }
             }
         }
         v.sort_by_key(|s| (s.created_at, s.name.clone()));
@@ -380,12 +386,16 @@ impl Runtime {
     /// is now (which runs on).
     pub async fn fork(&self, key: &str, count: usize) -> Result<Vec<Sandbox>> {
         if count == 0 || count > 64 {
-            return Err(Error::InvalidSpec(format!("--count {count} is outside 1..=64")));
+            return Err(Error::InvalidSpec(format!(
+                "--count {count} is outside 1..=64"
+            )));
         }
         let sb = self.get(key).await?;
         let name = format!("fork-{}", crate::lifecycle::new_id()?);
         let t0 = Instant::now();
-        let (_, tmp) = self.snapshot_to_tmp(&sb, &name, &self.snapshots_dir(), true).await?;
+        let (_, tmp) = self
+            .snapshot_to_tmp(&sb, &name, &self.snapshots_dir(), true)
+            .await?;
         tracing::info!(sandbox_id = %sb.id(), ms = t0.elapsed().as_millis() as u64, "fork snapshot taken");
         let mut made = Vec::new();
         let mut failed = None;
@@ -424,9 +434,13 @@ fn no_progress() -> crate::progress::SharedProgress {
 
 pub(crate) fn read_meta(dir: &Path) -> Result<SnapshotMeta> {
     let p = dir.join(META_FILE);
-    let bytes = std::fs::read(&p).map_err(|e| Error::io("cannot read the snapshot metadata", &p, e))?;
+    let bytes =
+        std::fs::read(&p).map_err(|e| Error::io("cannot read the snapshot metadata", &p, e))?;
     let meta: SnapshotMeta = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::InvalidSpec(format!("the snapshot metadata {} is corrupt: {e}", p.display()))
+        Error::InvalidSpec(format!(
+            "the snapshot metadata {} is corrupt: {e}",
+            p.display()
+        ))
     })?;
     if meta.format != SNAPSHOT_FORMAT {
         return Err(Error::InvalidSpec(format!(
@@ -481,7 +495,10 @@ pub(crate) fn check_compatible(meta: &SnapshotMeta, dir: &Path) -> Result<()> {
         Err(e) => return bad(format!("its state file {}: {e}", state.display())),
     }
     if meta.source.upper_disk().is_some() && !dir.join(UPPER_DISK).is_file() {
-        return bad(format!("its disk {} is missing", dir.join(UPPER_DISK).display()));
+        return bad(format!(
+            "its disk {} is missing",
+            dir.join(UPPER_DISK).display()
+        ));
     }
     Ok(())
 }

@@ -411,7 +411,10 @@ async fn serve(config: Config, boot: BootEnv, role: Option<String>) -> anyhow::R
             let accepted = crate::vmlink::guest::start(path)
                 .with_context(|| format!("opening the link port {}", path.display()))?;
             tracing::info!(port = %path.display(), "agent listening on the vm link");
-            ready_marker(&format!("hearth-agent: listening on the vm link {}\n", path.display()));
+            ready_marker(&format!(
+                "hearth-agent: listening on the vm link {}\n",
+                path.display()
+            ));
             Listener::Link(accepted)
         }
         Listen::Default => unreachable!("resolved above"),

@@ -222,7 +222,12 @@ impl Link {
 
     /// Queues a sync frame after which the writer parks.
     pub fn send_and_park(&self, f: &MuxFrame) {
-        self.out.send(Out::Park { bytes: f.to_bytes() }, self.epoch());
+        self.out.send(
+            Out::Park {
+                bytes: f.to_bytes(),
+            },
+            self.epoch(),
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -279,7 +284,13 @@ impl Link {
     /// new generation: frames still queued for the old one are not written.
     pub fn reset(&self) -> usize {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        let old: Vec<Entry> = self.streams.lock().unwrap().drain().map(|(_, e)| e).collect();
+        let old: Vec<Entry> = self
+            .streams
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
         for e in &old {
             e.inside.lock().unwrap().closed = true;
             e.tasks.iter().for_each(AbortHandle::abort);
@@ -424,7 +435,11 @@ impl Link {
                 let now = e.inflight.fetch_add(len, Ordering::SeqCst) + len;
                 if now > INITIAL_WINDOW {
                     drop(t);
-                    tracing::warn!(stream, now, "peer sent past its credit; resetting the stream");
+                    tracing::warn!(
+                        stream,
+                        now,
+                        "peer sent past its credit; resetting the stream"
+                    );
                     self.send(&MuxFrame::Reset { stream });
                     self.remove(stream);
                     return Ok(());

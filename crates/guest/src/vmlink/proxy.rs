@@ -62,7 +62,9 @@ impl Opts {
                 "--control" => &mut c,
                 other => bail!("unknown argument {other:?}"),
             };
-            *slot = Some(PathBuf::from(it.next().with_context(|| format!("{a} needs a value"))?));
+            *slot = Some(PathBuf::from(
+                it.next().with_context(|| format!("{a} needs a value"))?,
+            ));
         }
         Ok(Self {
             qemu_socket: q.context("--qemu-socket is required")?,
@@ -109,9 +111,8 @@ async fn connect_qemu(path: &Path) -> anyhow::Result<UnixStream> {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("connecting to qemu's socket {}", path.display())
-                })
+                return Err(e)
+                    .with_context(|| format!("connecting to qemu's socket {}", path.display()))
             }
         }
     }
@@ -321,7 +322,11 @@ async fn client(host: Arc<Host>, mut sock: UnixStream) {
     host.link.send(&MuxFrame::Open { stream, port });
     match tokio::time::timeout(OPEN_TIMEOUT, rx).await {
         Ok(Ok(Ok(()))) => {
-            if sock.write_all(format!("OK {port}\n").as_bytes()).await.is_ok() {
+            if sock
+                .write_all(format!("OK {port}\n").as_bytes())
+                .await
+                .is_ok()
+            {
                 host.link.attach(pending, sock);
             } else {
                 host.link.send(&MuxFrame::Reset { stream });
@@ -345,7 +350,9 @@ async fn control_conn(host: Arc<Host>, sock: UnixStream) {
     let mut held = false;
     while let Ok(Some(line)) = lines.next_line().await {
         let reply = match line.trim() {
-            "SUSPEND" if held => "ERROR this connection holds the link suspended already".to_string(),
+            "SUSPEND" if held => {
+                "ERROR this connection holds the link suspended already".to_string()
+            }
             "SUSPEND" => match suspend(&host).await {
                 Ok(()) => {
                     held = true;
@@ -416,16 +423,28 @@ mod tests {
     #[test]
     fn connect_lines_parse_and_bad_ones_say_why() {
         assert_eq!(parse_connect("CONNECT 1000"), Ok(1000));
-        assert!(parse_connect("CONNECT x").unwrap_err().contains("bad port \"x\""));
+        assert!(parse_connect("CONNECT x")
+            .unwrap_err()
+            .contains("bad port \"x\""));
         assert!(parse_connect("HELLO").unwrap_err().contains("expected"));
     }
 
     #[test]
     fn options_need_all_three_sockets() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let o = Opts::parse(&s(&["--qemu-socket", "a", "--listen", "b", "--control", "c"])).unwrap();
+        let o = Opts::parse(&s(&[
+            "--qemu-socket",
+            "a",
+            "--listen",
+            "b",
+            "--control",
+            "c",
+        ]))
+        .unwrap();
         assert_eq!(o.listen, PathBuf::from("b"));
-        let e = Opts::parse(&s(&["--qemu-socket", "a"])).unwrap_err().to_string();
+        let e = Opts::parse(&s(&["--qemu-socket", "a"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--listen is required"), "{e}");
         assert!(Opts::parse(&s(&["--bogus"])).is_err());
     }

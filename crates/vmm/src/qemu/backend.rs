@@ -203,16 +203,16 @@ pub fn read_pid_files(dir: &Path) -> Vec<ProcessId> {
         super::files::PROXY_PID,
         super::files::LEGACY_VHOST_PID,
     ]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-        .filter_map(|t| {
-            let mut it = t.split_ascii_whitespace();
-            Some(ProcessId {
-                pid: it.next()?.parse().ok()?,
-                start_time: it.next()?.parse().ok()?,
-            })
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+    .filter_map(|t| {
+        let mut it = t.split_ascii_whitespace();
+        Some(ProcessId {
+            pid: it.next()?.parse().ok()?,
+            start_time: it.next()?.parse().ok()?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ pub fn tsc_khz() -> u64 {
 fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
     let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
     let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    (100.0..100_000.0).contains(&mhz).then(|| (mhz * 1000.0).round() as u64)
+    (100.0..100_000.0)
+        .contains(&mhz)
+        .then(|| (mhz * 1000.0).round() as u64)
 }
 
 /// Size of QEMU's translated-code cache under software emulation. QEMU's
@@ -342,7 +344,10 @@ mod tests {
     fn tcg_argv_has_sizes_cpus_and_the_link() {
         let v = strs(&qemu_argv(&args()));
         assert_eq!(value_after(&v, "-M"), ["microvm,pit=on,pic=on,rtc=on"]);
-        assert!(value_after(&v, "-object").is_empty(), "no shared memory backend");
+        assert!(
+            value_after(&v, "-object").is_empty(),
+            "no shared memory backend"
+        );
         assert_eq!(value_after(&v, "-m"), ["256"]);
         assert_eq!(value_after(&v, "-smp"), ["2"]);
         assert_eq!(value_after(&v, "-accel"), ["tcg,tb-size=32"]);
@@ -484,7 +489,10 @@ mod tests {
 
     #[test]
     fn the_tsc_rate_comes_from_cpuinfo() {
-        assert_eq!(parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2596.148\n"), Some(2_596_148));
+        assert_eq!(
+            parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2596.148\n"),
+            Some(2_596_148)
+        );
         assert_eq!(parse_cpu_mhz("cpu MHz : 0.5\n"), None);
         assert_eq!(parse_cpu_mhz("no such line"), None);
     }

@@ -14,9 +14,9 @@ pub mod cmdline;
 pub mod jail;
 pub mod kvm;
 pub mod launch;
-pub mod snapshot;
 pub mod pause;
 pub mod qmp;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -33,7 +33,6 @@ const MONITOR_WAIT: Duration = Duration::from_secs(20);
 /// Timeout of one monitor command during a snapshot or restore.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// A suspended VM link, held through the proxy's control socket; dropping
 /// it (or [`LinkControl::resume`]) lets the link run again.
 pub struct LinkControl {
@@ -69,7 +68,9 @@ impl LinkControl {
             .map_err(|_| format!("the link proxy did not answer {cmd}"))?
             .map_err(io)?;
         if n == 0 {
-            return Err(format!("the link proxy closed the control socket after {cmd}"));
+            return Err(format!(
+                "the link proxy closed the control socket after {cmd}"
+            ));
         }
         Ok(line.trim_end().to_string())
     }
@@ -114,7 +115,9 @@ impl VmHandle {
             qmp.getfd("snapshot", file.as_fd())
                 .await
                 .map_err(|e| e.to_string())?;
-            qmp.migrate("fd:snapshot").await.map_err(|e| e.to_string())?;
+            qmp.migrate("fd:snapshot")
+                .await
+                .map_err(|e| e.to_string())?;
             qmp.wait_migration(MIGRATION_TIMEOUT)
                 .await
                 .map_err(|e| format!("writing {}: {e}", state.display()))?;
@@ -122,8 +125,9 @@ impl VmHandle {
                 .map_err(|e| format!("cannot sync {}: {e}", state.display()))?;
             let mut disk_bytes = 0;
             for (from, to) in disks {
-                disk_bytes += copy_sparse(from, to)
-                    .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+                disk_bytes += copy_sparse(from, to).map_err(|e| {
+                    format!("cannot copy {} to {}: {e}", from.display(), to.display())
+                })?;
             }
             let state_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
             Ok::<_, String>((state_bytes, disk_bytes))
@@ -165,7 +169,10 @@ pub(crate) async fn load(
             return Err("qemu exited before its monitor was up".into());
         }
         if Instant::now() >= deadline {
-            return Err(format!("qemu made no monitor socket within {} s", MONITOR_WAIT.as_secs()));
+            return Err(format!(
+                "qemu made no monitor socket within {} s",
+                MONITOR_WAIT.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -223,9 +230,7 @@ pub fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<u64> {
         while left > 0 {
             // SAFETY: copy_file_range between two fds we own, with offsets
             // we own; the kernel checks the ranges.
-            let n = unsafe {
-                libc::copy_file_range(s, &mut off_in, d, &mut off_out, left, 0)
-            };
+            let n = unsafe { libc::copy_file_range(s, &mut off_in, d, &mut off_out, left, 0) };
             if n < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -261,7 +266,13 @@ mod tests {
         assert!(n < 1 << 20, "copied {n} bytes of a mostly empty file");
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         use std::os::unix::fs::MetadataExt;
-        assert!(std::fs::metadata(&b).unwrap().blocks() < 2048, "holes were filled");
-        assert!(copy_sparse(&a, &b).is_err(), "an existing target is refused");
+        assert!(
+            std::fs::metadata(&b).unwrap().blocks() < 2048,
+            "holes were filled"
+        );
+        assert!(
+            copy_sparse(&a, &b).is_err(),
+            "an existing target is refused"
+        );
     }
 }

@@ -31,7 +31,10 @@ pub async fn run(a: Args, rt: Runtime) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string(&all)?);
             } else {
-                println!("{:<28} {:<10} {:<10} {:>4} {:>6} {:>9}", "NAME", "SOURCE", "LANGUAGE", "CPUS", "MEM", "SIZE");
+                println!(
+                    "{:<28} {:<10} {:<10} {:>4} {:>6} {:>9}",
+                    "NAME", "SOURCE", "LANGUAGE", "CPUS", "MEM", "SIZE"
+                );
                 for s in &all {
                     println!(
                         "{:<28} {:<10} {:<10} {:>4} {:>5}M {:>8.1}M",

@@ -27,7 +27,10 @@ pub async fn run(rt: &Runtime, a: Args) -> anyhow::Result<i32> {
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
             if a.json {
                 let ids: Vec<&str> = clones.iter().map(|s| s.id()).collect();
-                println!("{}", serde_json::json!({"source": a.vm, "clones": ids, "ms": ms}));
+                println!(
+                    "{}",
+                    serde_json::json!({"source": a.vm, "clones": ids, "ms": ms})
+                );
             } else {
                 for c in &clones {
                     println!("{}", c.id());
