@@ -313,27 +313,7 @@ impl Runtime {
     ) -> Result<Sandbox> {
         let id = rec.id.clone();
         let vm_dir = rec.dir.clone();
-        let host = self.host();
-        let policy = self.config().admission.clone();
-        let iso = self.config().isolation.clone();
-        let rec = self
-            .db()
-            .insert(rec, move |others, new| {
-                if let Some(n) = &new.name {
-                    if let Some(o) = others.iter().find(|o| o.is_called(n)) {
-                        return Err(Error::InvalidSpec(format!(
-                            "the name {n} is taken by vm {}",
-                            o.id
-                        )));
-                    }
-                }
-                crate::host::admit(host, &policy, others, new)?;
-                if let Some(base) = iso.vmm_uid_base {
-                    new.vmm_uid = Some(crate::host::allocate_uid(base, iso.vmm_uid_count, others)?);
-                }
-                Ok(())
-            })
-            .await?;
+        let rec = self.insert_admitted(rec).await?;
         let made = (|| -> Result<()> {
             std::fs::create_dir_all(&vm_dir).map_err(|e| Error::io("cannot create", &vm_dir, e))?;
             if let Some(upper) = rec.upper_disk() {

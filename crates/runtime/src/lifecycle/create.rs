@@ -308,39 +308,7 @@ impl Runtime {
         if let Some(sb) = self.try_warm(spec, &rec, &accel, progress, cancel).await? {
             return Ok(sb);
         }
-        let host = self.host();
-        let policy = cfg.admission.clone();
-        let iso = cfg.isolation.clone();
-        let rec = self
-            .db()
-            .insert(rec, move |others, new| {
-                if let Some(n) = &new.name {
-                    if let Some(o) = others.iter().find(|o| o.is_called(n)) {
-                        return Err(Error::InvalidSpec(format!(
-                            "the name {n} is taken by vm {}",
-                            o.id
-                        )));
-                    }
-                }
-                if let Some(vol) = &new.persist_volume {
-                    if let Some(o) = others
-                        .iter()
-                        .find(|o| o.persist_volume.as_ref() == Some(vol))
-                    {
-                        return Err(Error::PersistInUse {
-                            name: new.persist_name().unwrap_or_default(),
-                            owner: o.id.clone(),
-                            status: o.status,
-                        });
-                    }
-                }
-                admit(host, &policy, others, new)?;
-                if let Some(base) = iso.vmm_uid_base {
-                    new.vmm_uid = Some(allocate_uid(base, iso.vmm_uid_count, others)?);
-                }
-                Ok(())
-            })
-            .await?;
+        let rec = self.insert_admitted(rec).await?;
         progress.step(Step::MakeDisks { id: id.clone() });
         let persist_mib = spec
             .persist
@@ -375,6 +343,44 @@ impl Runtime {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Records `rec` if the host admits it: its name is free, its persist
+    /// volume unused, the shape fits ([`admit`]), and it gets a VMM uid when
+    /// VMMs are jailed. Shared by create and restore.
+    pub(crate) async fn insert_admitted(&self, rec: VmRecord) -> Result<VmRecord> {
+        let host = self.host();
+        let policy = self.config().admission.clone();
+        let iso = self.config().isolation.clone();
+        self.db()
+            .insert(rec, move |others, new| {
+                if let Some(n) = &new.name {
+                    if let Some(o) = others.iter().find(|o| o.is_called(n)) {
+                        return Err(Error::InvalidSpec(format!(
+                            "the name {n} is taken by vm {}",
+                            o.id
+                        )));
+                    }
+                }
+                if let Some(vol) = &new.persist_volume {
+                    if let Some(o) = others
+                        .iter()
+                        .find(|o| o.persist_volume.as_ref() == Some(vol))
+                    {
+                        return Err(Error::PersistInUse {
+                            name: new.persist_name().unwrap_or_default(),
+                            owner: o.id.clone(),
+                            status: o.status,
+                        });
+                    }
+                }
+                admit(host, &policy, others, new)?;
+                if let Some(base) = iso.vmm_uid_base {
+                    new.vmm_uid = Some(allocate_uid(base, iso.vmm_uid_count, others)?);
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Removes a sandbox that never ran: its directory, a persist volume made
